@@ -1,0 +1,100 @@
+"""The serving manifest: what the server must know about views, and nothing more.
+
+`apply` writes it as JSON beside the registry; the server loads it at start.
+It depends on nothing but the standard library, so that serving never imports
+the compiler, DuckDB or PyFlink.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    type: str                  # value type: string, int64, float64, bool, timestamp
+    function: str | None       # None for a row-level feature; else count, sum, ...
+    window_us: int | None      # aggregation window; None means the view's ttl
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    name: str
+    entity: str
+    keys: tuple[tuple[str, str], ...]
+    fingerprint: str
+    tile_us: int
+    ttl_us: int | None
+    row_features: tuple[FeatureSpec, ...]
+    aggregations: tuple[FeatureSpec, ...]
+
+    def feature(self, name: str) -> FeatureSpec | None:
+        for f in (*self.row_features, *self.aggregations):
+            if f.name == name:
+                return f
+        return None
+
+    @property
+    def features(self) -> tuple[FeatureSpec, ...]:
+        return (*self.row_features, *self.aggregations)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    project: str
+    views: dict[str, ViewSpec]
+    services: dict[str, tuple[tuple[str, str], ...]]
+
+    # -------------------------------------------------------------- json
+    def to_json(self) -> str:
+        def fs(f: FeatureSpec) -> dict:
+            return {"name": f.name, "type": f.type, "function": f.function,
+                    "window_us": f.window_us}
+
+        doc = {
+            "version": MANIFEST_VERSION,
+            "project": self.project,
+            "views": {
+                n: {"entity": v.entity, "keys": [list(k) for k in v.keys],
+                    "fingerprint": v.fingerprint, "tile_us": v.tile_us, "ttl_us": v.ttl_us,
+                    "row_features": [fs(f) for f in v.row_features],
+                    "aggregations": [fs(f) for f in v.aggregations]}
+                for n, v in sorted(self.views.items())
+            },
+            "services": {n: [list(r) for r in refs] for n, refs in sorted(self.services.items())},
+        }
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+    @staticmethod
+    def from_json(text: str) -> "Manifest":
+        doc = json.loads(text)
+        if doc.get("version") != MANIFEST_VERSION:
+            raise ValueError(f"manifest version {doc.get('version')!r} is not {MANIFEST_VERSION}; "
+                             "run `featurestore apply` with this release")
+
+        def fs(d: dict) -> FeatureSpec:
+            return FeatureSpec(d["name"], d["type"], d["function"], d["window_us"])
+
+        views = {
+            n: ViewSpec(n, v["entity"], tuple(tuple(k) for k in v["keys"]), v["fingerprint"],
+                        v["tile_us"], v["ttl_us"], tuple(fs(f) for f in v["row_features"]),
+                        tuple(fs(f) for f in v["aggregations"]))
+            for n, v in doc["views"].items()
+        }
+        services = {n: tuple(tuple(r) for r in refs) for n, refs in doc["services"].items()}
+        return Manifest(doc["project"], views, services)
+
+    @staticmethod
+    def load(path: str | Path) -> "Manifest":
+        return Manifest.from_json(Path(path).read_text())
+
+    def save(self, path: str | Path) -> None:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(p)

@@ -1,0 +1,50 @@
+"""Shared fixtures: a real Redis for the whole session, cleaned between tests."""
+from __future__ import annotations
+
+import pytest
+import redis
+
+from featurestore import redis_local
+
+
+def _docker_redis():
+    """A Redis container when a Docker engine answers; None otherwise."""
+    try:
+        import docker
+        docker.from_env().ping()
+    except Exception:
+        return None
+    from testcontainers.redis import RedisContainer
+    container = RedisContainer("redis:7")
+    container.start()
+    return container
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server for the session: testcontainers when a Docker engine
+    exists, the local `redis-server` binary on a free port otherwise."""
+    container = _docker_redis()
+    if container is not None:
+        host = container.get_container_host_ip()
+        port = container.get_exposed_port(6379)
+        yield f"redis://{host}:{port}/0"
+        container.stop()
+        return
+    server = redis_local.start(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The session's Redis, emptied before each test."""
+    r = redis.Redis.from_url(redis_server)
+    r.flushall()
+    r.close()
+    return redis_server
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite golden files from the current output")
