@@ -1,0 +1,101 @@
+"""`featurestore.yaml`: where a feature repo keeps its settings.
+
+    project: shop                       # namespace for keys and the registry
+    registry: .featurestore/registry.db # Feast registry file (relative to the repo)
+    online_store:
+      url: redis://localhost:6379/0     # absent: a private redis-server is started
+    serving:
+      host: 127.0.0.1
+      port: 6566
+    batch:
+      memory_limit: 4GB                 # DuckDB spills to disk beyond this
+
+Environment variables override the file: FEATURESTORE_REDIS_URL,
+FEATURESTORE_SERVING_PORT.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_FILE = "featurestore.yaml"
+STATE_DIR = ".featurestore"
+
+
+class ConfigError(Exception):
+    """A problem with the repo or its settings, worded for the user."""
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    root: Path
+    project: str
+    registry: Path
+    redis_url: str | None
+    serving_host: str
+    serving_port: int
+    memory_limit: str
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.state_dir / "manifest.json"
+
+    @property
+    def local_redis_dir(self) -> Path:
+        return self.state_dir / "redis"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.state_dir / "feast"
+
+
+def find_repo(start: Path) -> Path:
+    """The nearest folder at or above `start` that holds featurestore.yaml."""
+    start = start.resolve()
+    for d in (start, *start.parents):
+        if (d / CONFIG_FILE).is_file():
+            return d
+    raise ConfigError(f"no {CONFIG_FILE} in {start} or any parent folder; "
+                      "run inside a feature repo, pass --repo DIR, or create one with "
+                      "`featurestore init DIR`")
+
+
+def load(root: Path) -> RepoConfig:
+    import yaml
+
+    path = root / CONFIG_FILE
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    project = str(doc.get("project") or root.name)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", project):
+        raise ConfigError(f"{path}: project {project!r} must be letters, digits and '_'")
+    online = doc.get("online_store") or {}
+    serving = doc.get("serving") or {}
+    batch = doc.get("batch") or {}
+    url = os.environ.get("FEATURESTORE_REDIS_URL") or online.get("url")
+    port = os.environ.get("FEATURESTORE_SERVING_PORT") or serving.get("port", 6566)
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: serving.port must be a number, not {port!r}") from None
+    return RepoConfig(
+        root=root,
+        project=project,
+        registry=root / str(doc.get("registry", f"{STATE_DIR}/registry.db")),
+        redis_url=url,
+        serving_host=str(serving.get("host", "127.0.0.1")),
+        serving_port=port,
+        memory_limit=str(batch.get("memory_limit", "4GB")),
+    )
