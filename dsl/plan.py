@@ -63,6 +63,10 @@ class Call:
 Expr = Column | Literal | Unary | Binary | Call
 
 
+_STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t",
+                                 "\r": "\\r", "\0": "\\0"})
+
+
 def render_expr(e: Expr) -> str:
     """Deterministic, DSL-like rendering used in plan text and fingerprints."""
     if isinstance(e, Column):
@@ -73,7 +77,7 @@ def render_expr(e: Expr) -> str:
         if isinstance(e.value, bool):
             return "true" if e.value else "false"
         if isinstance(e.value, str):
-            return '"' + e.value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            return '"' + e.value.translate(_STRING_ESCAPES) + '"'
         return repr(e.value)
     if isinstance(e, Unary):
         sep = " " if e.op == "not" else ""
