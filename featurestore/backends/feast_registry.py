@@ -135,7 +135,7 @@ def write_feast_config(cfg: RepoConfig) -> Path:
         "provider: local\n"
         "online_store:\n  type: redis\n"
         f"  connection_string: \"{host_port}\"\n"
-        "offline_store:\n  type: duckdb\n"
+        "offline_store:\n  type: file\n"
         "entity_key_serialization_version: 3\n")
     return cfg.feast_dir
 

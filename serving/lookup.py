@@ -1,0 +1,385 @@
+"""What a lookup means, free of I/O: resolve a request against the manifest,
+name the Redis keys to read, and turn what Redis returned into the response.
+
+The server (`serving.server`) does the I/O around these functions:
+
+    prepared = prepare(manifest, request)          # BadRequest -> INVALID_ARGUMENT
+    replies  = <one Redis pipeline over prepared.views>
+    response = respond(prepared, replies, now)     # CorruptState -> INTERNAL
+
+Values are decoded per entity (the layout stores one JSON document per row and
+per tile) but packed per column with numpy, so the cost of building the
+response does not grow with a Python loop over every value.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from featurestore import layout, tiles
+from featurestore.manifest import FeatureSpec, Manifest, ViewSpec
+from serving.v1 import serving_pb2 as pb
+
+# Manifest type -> ValueList field. Narrower types travel in the wider column.
+VALUE_KINDS = {
+    "int64": "int64_list", "int32": "int64_list",
+    "float64": "double_list", "float32": "double_list",
+    "string": "string_list", "bool": "bool_list", "timestamp": "timestamp_list",
+}
+KEY_KINDS = {"int64": "int64_list", "int32": "int64_list", "string": "string_list"}
+
+_LIST_TYPES = {"int64_list": pb.Int64List, "double_list": pb.DoubleList,
+               "string_list": pb.StringList, "bool_list": pb.BoolList,
+               "timestamp_list": pb.TimestampList}
+_DTYPES = {"int64_list": np.int64, "double_list": np.float64, "bool_list": np.bool_,
+           "timestamp_list": np.int64}
+_ZEROS = {"int64_list": 0, "double_list": 0.0, "string_list": "", "bool_list": False,
+          "timestamp_list": 0}
+
+
+class BadRequest(ValueError):
+    """The request cannot be answered as asked; the message says why."""
+
+
+class CorruptState(RuntimeError):
+    """What Redis holds does not match the view it is read for."""
+
+
+# ---------------------------------------------------------------- the plan
+
+@dataclass(frozen=True)
+class Feature:
+    """One requested feature: a column of the response."""
+    name: str      # column name in the response
+    ref: str       # "view:feature"
+    view: ViewSpec
+    spec: FeatureSpec
+    index: int     # position among the view's row features, or its aggregations
+    kind: str      # ValueList field
+
+
+@dataclass(frozen=True)
+class ViewLookup:
+    """The requested features of one view, and the Redis keys of its entities."""
+    view: ViewSpec
+    row_features: tuple[Feature, ...]
+    aggregations: tuple[Feature, ...]
+    entity_keys: tuple[str, ...]   # layout-encoded, one per entity row
+
+    @property
+    def needs_tiles(self) -> bool:
+        return bool(self.aggregations)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request: everything `respond` needs except Redis' replies."""
+    features: tuple[Feature, ...]          # in request order
+    views: tuple[ViewLookup, ...]          # each view once, first use first
+    entity_names: tuple[str, ...]          # key columns, in response order
+    entities: Mapping[str, pb.ValueList]   # the request's key columns, echoed
+    rows: int
+
+
+def check_manifest(manifest: Manifest) -> None:
+    """Raise ValueError naming everything in `manifest` this server cannot serve."""
+    problems = []
+    for view in manifest.views.values():
+        if not view.keys:
+            problems.append(f"view {view.name!r} has no entity key")
+        for key, type_ in view.keys:
+            if type_ not in KEY_KINDS:
+                problems.append(f"view {view.name!r}: key {key!r} has type {type_!r}; "
+                                f"keys must be one of {', '.join(KEY_KINDS)}")
+        for f in view.features:
+            if f.type not in VALUE_KINDS:
+                problems.append(f"feature '{view.name}:{f.name}' has type {f.type!r}, "
+                                "which the serving API has no column for")
+        for f in view.aggregations:
+            if f.function not in tiles.SUPPORTED:
+                problems.append(f"feature '{view.name}:{f.name}' aggregates with "
+                                f"{f.function!r}, which tiles cannot merge")
+    for service, refs in manifest.services.items():
+        for view_name, feature in refs:
+            named = manifest.views.get(view_name)
+            if named is None or (feature != "*" and named.feature(feature) is None):
+                problems.append(f"service {service!r} names '{view_name}:{feature}', "
+                                "which the manifest does not define")
+    if problems:
+        raise ValueError("the manifest cannot be served:\n  " + "\n  ".join(problems))
+
+
+def prepare(manifest: Manifest, request: pb.GetOnlineFeaturesRequest) -> Prepared:
+    """Validate `request` against `manifest`; raise BadRequest naming the problem."""
+    refs = _requested(manifest, request)
+    features = _name_features(refs, request.full_feature_names)
+    views = _group_by_view(features)
+    key_kinds = _key_kinds(views)
+    _check_names(features, key_kinds)
+    columns, rows = _entity_columns(key_kinds, views, request.entities)
+    lookups = tuple(
+        ViewLookup(view, tuple(f for f in fs if f.spec.function is None),
+                   tuple(f for f in fs if f.spec.function is not None),
+                   _encode_keys(view, columns))
+        for view, fs in views.values())
+    return Prepared(tuple(features), lookups, tuple(key_kinds), request.entities, rows)
+
+
+def _requested(manifest: Manifest,
+               request: pb.GetOnlineFeaturesRequest) -> list[tuple[ViewSpec, FeatureSpec]]:
+    kind = request.WhichOneof("kind")
+    if kind == "feature_service":
+        name = request.feature_service
+        if name not in manifest.services:
+            raise BadRequest(f"unknown feature service {name!r}" + _hint(name, manifest.services))
+        expanded = [r for v, f in manifest.services[name] for r in _expand(manifest.views[v], f)]
+        # "view.*" next to a feature of that view names it twice; that is no error
+        refs = list({(view.name, spec.name): (view, spec) for view, spec in expanded}.values())
+    elif kind == "features":
+        refs = [_resolve(manifest, ref) for ref in request.features.features]
+    else:
+        raise BadRequest("empty request: set feature_service or features")
+    if not refs:
+        raise BadRequest("empty request: no features are named")
+    return refs
+
+
+def _expand(view: ViewSpec, feature: str) -> list[tuple[ViewSpec, FeatureSpec]]:
+    if feature == "*":
+        return [(view, f) for f in view.features]
+    return [(view, view.feature(feature))]
+
+
+def _resolve(manifest: Manifest, ref: str) -> tuple[ViewSpec, FeatureSpec]:
+    view_name, sep, feature = ref.partition(":")
+    if not sep or not view_name or not feature:
+        raise BadRequest(f"feature reference {ref!r} is not of the form 'view:feature'")
+    view = manifest.views.get(view_name)
+    if view is None:
+        raise BadRequest(f"unknown view {view_name!r} in {ref!r}"
+                         + _hint(view_name, manifest.views))
+    spec = view.feature(feature)
+    if spec is None:
+        raise BadRequest(f"unknown feature {ref!r}"
+                         + _hint(feature, [f.name for f in view.features]))
+    return view, spec
+
+
+def _hint(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _name_features(refs, full_names: bool) -> list[Feature]:
+    features, seen = [], set()
+    for view, spec in refs:
+        ref = f"{view.name}:{spec.name}"
+        if ref in seen:
+            raise BadRequest(f"feature {ref!r} is requested twice")
+        seen.add(ref)
+        family = view.row_features if spec.function is None else view.aggregations
+        index = next(i for i, f in enumerate(family) if f.name == spec.name)
+        name = f"{view.name}__{spec.name}" if full_names else spec.name
+        features.append(Feature(name, ref, view, spec, index, VALUE_KINDS[spec.type]))
+    return features
+
+
+def _group_by_view(features: list[Feature]) -> dict[str, tuple[ViewSpec, list[Feature]]]:
+    """View name -> (view, its requested features), in order of first use."""
+    views: dict[str, tuple[ViewSpec, list[Feature]]] = {}
+    for f in features:
+        views.setdefault(f.view.name, (f.view, []))[1].append(f)
+    return views
+
+
+def _key_kinds(views) -> dict[str, str]:
+    """Key column name -> ValueList field, in order of first use."""
+    kinds: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for view, _ in views.values():
+        for key, type_ in view.keys:
+            kind = KEY_KINDS[type_]
+            if kinds.setdefault(key, kind) != kind:
+                raise BadRequest(f"views {owner[key]!r} and {view.name!r} both have key {key!r}, "
+                                 "but of different types; request them separately")
+            owner.setdefault(key, view.name)
+    return kinds
+
+
+def _check_names(features: list[Feature], key_kinds: Mapping[str, str]) -> None:
+    taken = {key: f"entity key column {key!r}" for key in key_kinds}
+    for f in features:
+        if f.name in taken:
+            raise BadRequest(f"feature {f.ref!r} and {taken[f.name]} would both be named "
+                             f"{f.name!r}; set full_feature_names to name features 'view__feature'")
+        taken[f.name] = f"feature {f.ref!r}"
+
+
+def _entity_columns(key_kinds: Mapping[str, str], views,
+                    entities: Mapping[str, pb.ValueList]) -> tuple[dict[str, list], int]:
+    """The request's key columns as Python values, checked; and the row count."""
+    needed = ", ".join(key_kinds)
+    for key in key_kinds:
+        if key not in entities:
+            owner = next(v.name for v, _ in views.values() if key in dict(v.keys))
+            raise BadRequest(f"missing entity key column {key!r} (a key of view {owner!r}); "
+                             f"the request needs exactly: {needed}")
+    for name in sorted(entities):
+        if name not in key_kinds:
+            raise BadRequest(f"unexpected entity key column {name!r}" + _hint(name, key_kinds)
+                             + f" (the requested views need exactly: {needed})")
+    columns = {key: _key_values(key, kind, entities[key]) for key, kind in key_kinds.items()}
+    lengths = {key: len(values) for key, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{key!r} has {n}" for key, n in lengths.items())
+        raise BadRequest(f"entity key columns differ in length: {shown}")
+    return columns, next(iter(lengths.values()))
+
+
+def _key_values(key: str, kind: str, column: pb.ValueList) -> list:
+    given = column.WhichOneof("kind")
+    values = list(getattr(column, given).values) if given else []
+    # An empty column says nothing about its type; accept it as any kind.
+    if values and given != kind:
+        raise BadRequest(f"entity key column {key!r} must be sent as {kind}, not {given}")
+    return values
+
+
+def _encode_keys(view: ViewSpec, columns: Mapping[str, list]) -> tuple[str, ...]:
+    key_columns = [columns[key] for key, _ in view.keys]
+    return tuple(layout.encode_entity_key(values) for values in zip(*key_columns))
+
+
+# ------------------------------------------------------------ the response
+
+Replies = Sequence[tuple[Sequence[bytes | None], Sequence[Mapping[bytes, bytes]] | None]]
+
+
+def respond(prepared: Prepared, replies: Replies, now_us: int) -> pb.GetOnlineFeaturesResponse:
+    """Build the response from Redis' replies: for each view of `prepared.views`
+    the row GETs, and the tile HGETALLs (None when the view needs no tiles)."""
+    columns: dict[str, pb.FeatureVector] = {}
+    for lookup, (rows, tile_hashes) in zip(prepared.views, replies, strict=True):
+        columns.update(_view_columns(lookup, rows, tile_hashes, now_us))
+    response = pb.GetOnlineFeaturesResponse()
+    response.metadata.served_at = now_us
+    names = response.metadata.feature_names.features
+    present, unknown = [pb.PRESENT] * prepared.rows, [0] * prepared.rows
+    for key in prepared.entity_names:
+        names.append(key)
+        response.results.add(values=prepared.entities[key], statuses=present,
+                             event_timestamps=unknown)
+    for f in prepared.features:
+        names.append(f.name)
+        response.results.append(columns[f.ref])
+    return response
+
+
+def _view_columns(lookup: ViewLookup, rows, tile_hashes, now_us: int) -> dict[str, pb.FeatureVector]:
+    found = np.fromiter((raw is not None for raw in rows), np.bool_, len(rows))
+    row_ts, values = _decode_rows(lookup, rows, found)
+    columns = {}
+    if lookup.row_features:
+        ttl = lookup.view.ttl_us
+        expired = found & (row_ts <= now_us - ttl) if ttl is not None else None
+        for f in lookup.row_features:
+            column = values[:, f.index]
+            columns[f.ref] = _vector(f, column, _statuses(column, found, expired), row_ts)
+    if lookup.aggregations:
+        columns.update(_aggregation_columns(lookup, found, tile_hashes, now_us))
+    return columns
+
+
+def _decode_rows(lookup: ViewLookup, rows, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Event times (0 where no row) and row-feature values (an object matrix,
+    entity x feature; None where no row)."""
+    width = len(lookup.view.row_features)
+    row_ts = np.zeros(len(rows), np.int64)
+    values = np.full((len(rows), width), None, dtype=object)
+    if not lookup.row_features:
+        return row_ts, values
+    for i in np.flatnonzero(found):
+        ts, row = layout.decode_row(rows[i])
+        if len(row) != width:
+            raise CorruptState(f"the row of view {lookup.view.name!r} for entity "
+                               f"{lookup.entity_keys[i]!r} has {len(row)} values; "
+                               f"the view has {width} row features")
+        row_ts[i] = ts
+        values[i] = row
+    return row_ts, values
+
+
+def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, tile_hashes,
+                         now_us: int) -> dict[str, pb.FeatureVector]:
+    view, aggs = lookup.view, lookup.aggregations
+    lowers = [tiles.window_start(now_us, view.tile_us,
+                                 f.spec.window_us if f.spec.window_us is not None else view.ttl_us)
+              for f in aggs]
+    widest = None if None in lowers else min(lowers)
+    values = np.empty((len(found), len(aggs)), dtype=object)
+    values[:] = [tiles.empty(f.spec.function) for f in aggs]
+    latest = np.zeros(values.shape, np.int64)
+    has_tiles = np.zeros(len(found), np.bool_)
+    for i, raw in enumerate(tile_hashes):
+        if not raw:
+            continue
+        has_tiles[i] = True
+        windowed = _decode_tiles(lookup, i, raw, now_us, widest)
+        for j, (f, lower) in enumerate(zip(aggs, lowers)):
+            values[i, j] = tiles.window_value(f.spec.function, f.index, windowed, now_us, lower)
+            latest[i, j] = next((s for s, _ in windowed if tiles.in_window(s, now_us, lower)), 0)
+    exists = found | has_tiles
+    return {f.ref: _vector(f, values[:, j], _statuses(values[:, j], exists), latest[:, j])
+            for j, f in enumerate(aggs)}
+
+
+def _decode_tiles(lookup: ViewLookup, i: int, raw: Mapping[bytes, bytes], now_us: int,
+                  lower: int | None) -> list[tuple[int, list]]:
+    """The (start, states) tiles of entity `i` that any requested window can
+    use, newest first."""
+    width = len(lookup.view.aggregations)
+    windowed = []
+    for field, encoded in raw.items():
+        start = layout.parse_tile_field(field)
+        if tiles.in_window(start, now_us, lower):
+            states = layout.decode_tile(encoded)
+            if len(states) != width:
+                raise CorruptState(f"tile {start} of view {lookup.view.name!r} for entity "
+                                   f"{lookup.entity_keys[i]!r} has {len(states)} states; "
+                                   f"the view has {width} aggregations")
+            windowed.append((start, states))
+    windowed.sort(key=_start, reverse=True)
+    return windowed
+
+
+def _start(tile: tuple[int, list]) -> int:
+    return tile[0]
+
+
+def _statuses(values: np.ndarray, exists: np.ndarray,
+              expired: np.ndarray | None = None) -> np.ndarray:
+    """One FieldStatus per slot; the later assignments win."""
+    status = np.full(len(values), pb.PRESENT, np.int32)
+    status[np.equal(values, None)] = pb.NULL_VALUE
+    if expired is not None:
+        status[expired] = pb.OUTSIDE_MAX_AGE
+    status[~exists] = pb.NOT_FOUND
+    return status
+
+
+def _vector(f: Feature, values: np.ndarray, status: np.ndarray,
+            timestamps: np.ndarray) -> pb.FeatureVector:
+    """Pack one column; slots that are not PRESENT get the type's zero value."""
+    packed = np.where(status == pb.PRESENT, values, _ZEROS[f.kind])
+    try:
+        if f.kind != "string_list":
+            packed = packed.astype(_DTYPES[f.kind])
+        column = pb.ValueList(**{f.kind: _LIST_TYPES[f.kind](values=packed.tolist())})
+    except (TypeError, ValueError, OverflowError) as e:
+        raise CorruptState(f"values of feature {f.ref!r} in Redis are not of its type "
+                           f"{f.spec.type!r}: {e}") from None
+    return pb.FeatureVector(values=column, statuses=status.tolist(),
+                            event_timestamps=timestamps.tolist())
