@@ -1,0 +1,209 @@
+"""The `featurestore` command line.
+
+Exit codes: 0 ok, 1 a user error (printed as one message, never a traceback),
+2 bad command-line usage.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+from featurestore import config
+from featurestore.repo import UserError
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def parse_time(text: str) -> int:
+    """ISO 8601 (UTC unless an offset is given) or 'now' -> epoch microseconds."""
+    if text == "now":
+        return int(dt.datetime.now(dt.timezone.utc).timestamp() * 1_000_000)
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"cannot read time {text!r}: use ISO 8601, e.g. 2026-01-31T12:00:00") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return int(t.timestamp()) * 1_000_000 + t.microsecond
+
+
+def _cfg(args) -> config.RepoConfig:
+    root = Path(args.repo) if args.repo else config.find_repo(Path.cwd())
+    if args.repo and not (root / config.CONFIG_FILE).is_file():
+        raise UserError(f"{root} is not a feature repo: {config.CONFIG_FILE} is missing")
+    return config.load(root)
+
+
+# ------------------------------------------------------------------- verbs
+def cmd_init(args) -> None:
+    from featurestore import repo
+
+    repo.init(Path(args.dir), say)
+
+
+def cmd_check(args) -> None:
+    from featurestore import repo
+
+    cfg = _cfg(args)
+    c = repo.compile_repo(cfg)
+    if c.report:
+        print(c.report, file=sys.stderr if c.errors else sys.stdout)
+    if c.errors:
+        raise UserError(f"{c.errors} error(s), {c.warnings} warning(s)")
+    p = c.plan
+    say(f"ok: {len(p.entities)} entities, {len(p.sources)} sources, {len(p.views)} views "
+        f"({sum(len(v.feature_names) for v in p.views)} features), {len(p.services)} services")
+
+
+def cmd_plan(args) -> None:
+    from featurestore import repo
+
+    cfg = _cfg(args)
+    say(repo.apply(cfg, repo.require_plan(cfg), say, dry_run=True).render())
+
+
+def cmd_apply(args) -> None:
+    from featurestore import repo
+
+    cfg = _cfg(args)
+    changes = repo.apply(cfg, repo.require_plan(cfg), say)
+    say(changes.render() if not changes.empty else "No changes: the registry is up to date.")
+    say(f"registry: {cfg.registry}; serving manifest: {cfg.manifest_path}")
+
+
+def cmd_materialize(args) -> None:
+    from featurestore import repo
+    from featurestore.materialize import materialize
+
+    cfg = _cfg(args)
+    plan = repo.require_plan(cfg)
+    if not cfg.manifest_path.exists():
+        raise UserError("the repo has not been applied: run `featurestore apply` first")
+    views = args.views.split(",") if args.views else None
+    unknown = sorted(set(views or ()) - {v.name for v in plan.views})
+    if unknown:
+        raise UserError(f"unknown view(s): {', '.join(unknown)}")
+    url = repo.redis_url(cfg, say)
+    end = parse_time(args.end) if args.end else None
+
+    def progress(st) -> None:
+        say(f"  {st.view}: {st.entities:,} entities, {st.tiles:,} tiles, {st.rows:,} rows "
+            f"in {st.seconds:.2f} s")
+
+    say(f"materializing into {url}")
+    stats = materialize(plan, cfg.root, cfg.project, url, end_us=end, views=views,
+                        memory_limit=cfg.memory_limit, progress=progress)
+    say(f"done in {stats.seconds:.2f} s")
+
+
+def cmd_serve(args) -> None:
+    from featurestore import repo
+    from serving.server import serve
+
+    cfg = _cfg(args)
+    if not cfg.manifest_path.exists():
+        raise UserError("the repo has not been applied: run `featurestore apply` first")
+    url = repo.redis_url(cfg, say, start=False)
+    serve(cfg.manifest_path, url, args.host or cfg.serving_host, args.port or cfg.serving_port)
+
+
+def cmd_get(args) -> None:
+    from serving.client import FeatureClient
+
+    target = args.target
+    if not target:
+        cfg = _cfg(args)
+        target = f"{cfg.serving_host}:{cfg.serving_port}"
+    entities: dict[str, list] = {}
+    for spec in args.entity:
+        name, _, values = spec.partition("=")
+        if not values:
+            raise UserError(f"--entity {spec!r}: expected NAME=VALUE[,VALUE...]")
+        entities[name] = [int(v) if v.lstrip("-").isdigit() and args.int_keys else v
+                          for v in values.split(",")]
+    features = args.features.split(",") if args.features else None
+    if bool(features) == bool(args.service):
+        raise UserError("give exactly one of --service NAME or --features VIEW:FEATURE,...")
+    with FeatureClient(target, timeout=args.timeout) as client:
+        result = client.get_online_features(features=features, service=args.service,
+                                            entities=entities)
+    import pandas as pd
+
+    with pd.option_context("display.max_columns", None, "display.width", 200):
+        say(result.to_pandas().to_string(index=False))
+
+
+def cmd_quickstart(args) -> None:
+    from featurestore.quickstart import run
+
+    run(Path(args.dir), events=args.events, say=say)
+
+
+def cmd_down(args) -> None:
+    from featurestore import repo
+
+    repo.down(_cfg(args), say)
+
+
+# ------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="featurestore", description="A real-time feature store.")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, fn, help: str, repo: bool = True) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help, description=help)
+        if repo:
+            s.add_argument("--repo", help="feature repo folder (default: the one around .)")
+        s.set_defaults(fn=fn)
+        return s
+
+    s = verb("init", cmd_init, "scaffold a feature repo", repo=False)
+    s.add_argument("dir", help="folder to create")
+    verb("check", cmd_check, "parse and type-check the .feat files")
+    verb("plan", cmd_plan, "show what `apply` would change in the registry")
+    verb("apply", cmd_apply, "write the definitions to the Feast registry")
+    s = verb("materialize", cmd_materialize, "compute features with DuckDB and write them to Redis")
+    s.add_argument("--end", help="materialize as of this time (ISO 8601, UTC); default now")
+    s.add_argument("--views", help="comma-separated views (default all)")
+    s = verb("serve", cmd_serve, "run the gRPC feature server")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s = verb("get", cmd_get, "look features up through the server")
+    s.add_argument("--service", help="feature service name")
+    s.add_argument("--features", help="comma-separated VIEW:FEATURE refs")
+    s.add_argument("--entity", action="append", default=[], required=True,
+                   help="NAME=VALUE[,VALUE...], once per entity key")
+    s.add_argument("--int-keys", action="store_true", help="send numeric key values as int64")
+    s.add_argument("--target", help="server HOST:PORT (default: the repo's serving settings)")
+    s.add_argument("--timeout", type=float, default=5.0)
+    s = verb("quickstart", cmd_quickstart, "run the whole pipeline on generated data", repo=False)
+    s.add_argument("dir", nargs="?", default="quickstart", help="folder for the example repo")
+    s.add_argument("--events", type=int, default=1_000_000)
+    verb("down", cmd_down, "stop the repo's private redis-server")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (UserError, config.ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a user-facing failure of a dependency (Redis down, server gone)
+        name = type(e).__module__.split(".")[0]
+        if name in ("redis", "grpc"):
+            print(f"error: {name}: {e}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Operations on a feature repo: compile, apply, materialize, and the Redis it uses.
+
+The CLI is a thin shell over these; tests and the quickstart call them too.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from featurestore import redis_local
+from featurestore.config import RepoConfig
+
+Say = Callable[[str], None]
+TEMPLATE = Path(__file__).parent / "templates" / "repo"
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the CLI prints it and exits 1."""
+
+
+@dataclass
+class Compiled:
+    plan: object              # dsl.plan.Plan, or None when there are errors
+    report: str               # rendered diagnostics
+    errors: int
+    warnings: int
+
+
+def compile_repo(cfg: RepoConfig) -> Compiled:
+    import dsl
+
+    result = dsl.compile_repo(cfg.root)
+    errors = sum(1 for d in result.diagnostics if d.severity == "error")
+    report = "\n".join(str(d) for d in result.diagnostics)
+    return Compiled(result.plan, report, errors, len(result.diagnostics) - errors)
+
+
+def require_plan(cfg: RepoConfig):
+    """The repo's plan, or a UserError holding every diagnostic."""
+    c = compile_repo(cfg)
+    if c.errors:
+        raise UserError(f"{c.report}\n{c.errors} error(s) in the feature definitions")
+    if not c.plan.views:
+        raise UserError(f"no views are defined under {cfg.root / 'features'}")
+    return c.plan
+
+
+def init(dir: Path, say: Say) -> Path:
+    """Scaffold a feature repo in `dir` (which must not hold one already)."""
+    if (dir / "featurestore.yaml").exists():
+        raise UserError(f"{dir} already holds a feature repo (featurestore.yaml exists)")
+    dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(TEMPLATE, dir, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    say(f"created a feature repo in {dir}:\n"
+        "  featurestore.yaml    settings (project, registry, Redis, serving)\n"
+        "  features/shop.feat   example feature definitions\n"
+        "  generate_data.py     writes the example data to data/\n"
+        f"next: cd {dir} && python generate_data.py && featurestore apply && "
+        "featurestore materialize")
+    return dir
+
+
+def apply(cfg: RepoConfig, plan, say: Say, dry_run: bool = False):
+    """Write the plan to the Feast registry and the serving manifest."""
+    from featurestore.backends import feast_registry
+    from featurestore.backends.serving_manifest import manifest_from_plan
+
+    store = feast_registry.open_store(cfg)
+    if dry_run:
+        return feast_registry.diff(plan, store)
+    changes = feast_registry.apply(plan, cfg, store)
+    manifest_from_plan(plan, cfg.project).save(cfg.manifest_path)
+    return changes
+
+
+def redis_url(cfg: RepoConfig, say: Say, start: bool = True) -> str:
+    """The configured Redis, or this repo's private redis-server (started when
+    not running, kept running for later commands until `featurestore down`)."""
+    if cfg.redis_url:
+        return cfg.redis_url
+    running = redis_local.find_running(cfg.local_redis_dir)
+    if running:
+        return running.url
+    if not start:
+        raise UserError("no Redis is configured and this repo's private redis-server is not "
+                        "running: run `featurestore materialize` first, or set online_store.url")
+    try:
+        server = redis_local.start(cfg.local_redis_dir, persist=True, daemonize=True)
+    except redis_local.RedisNotInstalled as e:
+        raise UserError(str(e)) from None
+    (cfg.local_redis_dir / "redis.port").write_text(str(server.port))
+    say(f"no online_store.url configured: started a private redis-server on 127.0.0.1:"
+        f"{server.port} (files in {cfg.local_redis_dir}); `featurestore down` stops it")
+    return server.url
+
+
+def down(cfg: RepoConfig, say: Say) -> None:
+    running = redis_local.find_running(cfg.local_redis_dir)
+    if running is None:
+        say("no private redis-server is running for this repo")
+        return
+    running.stop()
+    say(f"stopped the private redis-server on 127.0.0.1:{running.port}")
