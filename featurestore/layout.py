@@ -18,6 +18,9 @@ Keys (UTF-8):
 Values:
 
 * row   `[event_ts_us, v1, v2, ...]` compact JSON, one value per row feature.
+  Value types in JSON: string -> string, int64 -> integer, float64 -> number
+  (NaN and infinities as NaN/Infinity), bool -> true/false, timestamp ->
+  integer epoch microseconds, null -> null.
 * tiles hash field = tile start in epoch microseconds (decimal ASCII); value =
   compact JSON list of partial states, one per aggregation in view order
   (see `featurestore.tiles`).
