@@ -71,7 +71,7 @@ def cmd_apply(args) -> None:
 
     cfg = _cfg(args)
     changes = repo.apply(cfg, repo.require_plan(cfg), say)
-    say(changes.render() if not changes.empty else "No changes: the registry is up to date.")
+    say(changes.render("Applied") if not changes.empty else "No changes: the registry is up to date.")
     say(f"registry: {cfg.registry}; serving manifest: {cfg.manifest_path}")
 
 

@@ -73,7 +73,7 @@ def run(dir: Path, events: int, say: Callable[[str], None]) -> None:
         f"services: {', '.join(s.name for s in plan.services)}")
 
     step("featurestore apply")
-    say(repo.apply(cfg, plan, say).render())
+    say(repo.apply(cfg, plan, say).render("Applied"))
 
     local = None
     url = cfg.redis_url

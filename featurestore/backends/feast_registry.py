@@ -30,13 +30,13 @@ class Changes:
     def empty(self) -> bool:
         return not (self.create or self.update or self.delete)
 
-    def render(self) -> str:
+    def render(self, verb: str = "Plan") -> str:
         if self.empty:
             return "No changes: the registry matches the feature repo."
         lines = []
         for sign, items in (("+", self.create), ("~", self.update), ("-", self.delete)):
             lines += [f"  {sign} {kind} {name}" for kind, name in items]
-        lines.append(f"Plan: {len(self.create)} to create, {len(self.update)} to update, "
+        lines.append(f"{verb}: {len(self.create)} to create, {len(self.update)} to update, "
                      f"{len(self.delete)} to delete.")
         return "\n".join(lines)
 
