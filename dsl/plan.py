@@ -60,7 +60,22 @@ class Call:
     type: str
 
 
-Expr = Column | Literal | Unary | Binary | Call
+@dataclass(frozen=True)
+class Cast:
+    """`cast(x as T)`: the value of x converted to type T (null when it cannot be)."""
+    operand: "Expr"
+    type: str
+
+
+@dataclass(frozen=True)
+class Case:
+    """`case when c1 then v1 ... else e end` (and `if(c, a, b)`); else_ None means null."""
+    whens: tuple[tuple["Expr", "Expr"], ...]
+    else_: "Expr | None"
+    type: str
+
+
+Expr = Column | Literal | Unary | Binary | Call | Cast | Case
 
 
 _STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t",
@@ -84,6 +99,12 @@ def render_expr(e: Expr) -> str:
         return f"({e.op}{sep}{render_expr(e.operand)})"
     if isinstance(e, Binary):
         return f"({render_expr(e.left)} {e.op} {render_expr(e.right)})"
+    if isinstance(e, Cast):
+        return f"cast({render_expr(e.operand)} as {e.type})"
+    if isinstance(e, Case):
+        whens = " ".join(f"when {render_expr(c)} then {render_expr(v)}" for c, v in e.whens)
+        tail = f" else {render_expr(e.else_)}" if e.else_ is not None else ""
+        return f"(case {whens}{tail} end)"
     return f"{e.func}({', '.join(render_expr(a) for a in e.args)})"
 
 
@@ -98,12 +119,15 @@ class Entity:
 @dataclass(frozen=True)
 class Source:
     name: str
-    kind: str                          # "batch"
-    format: str                        # "parquet"
-    path: str                          # as written, relative to the repo root
+    kind: str                          # "batch" or "stream"
+    format: str                        # batch: parquet, csv, table, query; stream: files, kafka, datagen
+    path: str                          # file path or glob (relative to the repo root), table
+                                       # name, SQL query, kafka topic, or "" for datagen
     timestamp: str                     # name of the event-time column
     schema: tuple[tuple[str, str], ...]
     description: str = ""
+    options: tuple[tuple[str, str], ...] = ()   # e.g. (("format", "json"), ("servers", "..."))
+    lateness_us: int | None = None     # streams: how late an event may arrive and still count
 
 
 @dataclass(frozen=True)
@@ -161,6 +185,7 @@ class Service:
     name: str
     features: tuple[tuple[str, str], ...]  # (view, feature), in declaration order
     description: str = ""
+    version: int | None = None         # `service fraud v2 {...}`: served as "fraud:v2"
 
 
 @dataclass(frozen=True)
