@@ -6,6 +6,6 @@ COPY featurestore featurestore
 COPY dsl dsl
 COPY serving serving
 COPY streaming streaming
-RUN pip install --no-cache-dir '.[server,client]' pyyaml
+RUN pip install --no-cache-dir '.[server,client]'
 EXPOSE 6566
 CMD ["featurestore", "serve", "--repo", "/repo", "--host", "0.0.0.0"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 
@@ -102,13 +103,19 @@ def cmd_materialize(args) -> None:
 
 def cmd_serve(args) -> None:
     from featurestore import repo
-    from serving.server import serve
+    from serving.server import ServerOptions, serve
 
     cfg = _cfg(args)
     if not cfg.manifest_path.exists():
         raise UserError("the repo has not been applied: run `featurestore apply` first")
     url = repo.redis_url(cfg, say, start=False)
-    serve(cfg.manifest_path, url, args.host or cfg.serving_host, args.port or cfg.serving_port)
+    options = ServerOptions(
+        api_keys=cfg.api_keys, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
+        tls_key=str(cfg.tls_key) if cfg.tls_key else None,
+        metrics_port=args.metrics_port if args.metrics_port is not None else cfg.metrics_port,
+        max_entities=cfg.max_entities, max_request_bytes=cfg.max_request_bytes)
+    serve(cfg.manifest_path, url, args.host or cfg.serving_host, args.port or cfg.serving_port,
+          options)
 
 
 def cmd_get(args) -> None:
@@ -128,7 +135,8 @@ def cmd_get(args) -> None:
     features = args.features.split(",") if args.features else None
     if bool(features) == bool(args.service):
         raise UserError("give exactly one of --service NAME or --features VIEW:FEATURE,...")
-    with FeatureClient(target, timeout=args.timeout) as client:
+    api_key = args.api_key or (os.environ.get("FEATURESTORE_API_KEYS") or "").split(",")[0]
+    with FeatureClient(target, timeout=args.timeout, api_key=api_key or None) as client:
         result = client.get_online_features(features=features, service=args.service,
                                             entities=entities)
     import pandas as pd
@@ -172,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb("serve", cmd_serve, "run the gRPC feature server")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+    s.add_argument("--metrics-port", type=int, help="expose Prometheus /metrics on this port")
     s = verb("get", cmd_get, "look features up through the server")
     s.add_argument("--service", help="feature service name")
     s.add_argument("--features", help="comma-separated VIEW:FEATURE refs")
@@ -180,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--int-keys", action="store_true", help="send numeric key values as int64")
     s.add_argument("--target", help="server HOST:PORT (default: the repo's serving settings)")
     s.add_argument("--timeout", type=float, default=5.0)
+    s.add_argument("--api-key", help="API key (default: first of FEATURESTORE_API_KEYS)")
     s = verb("quickstart", cmd_quickstart, "run the whole pipeline on generated data", repo=False)
     s.add_argument("dir", nargs="?", default="quickstart", help="folder for the example repo")
     s.add_argument("--events", type=int, default=1_000_000)

@@ -7,11 +7,17 @@
     serving:
       host: 127.0.0.1
       port: 6566
+      api_keys: [k1, k2]                # optional; callers send one as x-api-key
+      tls_cert: certs/server.pem        # optional, with tls_key: serve TLS
+      tls_key: certs/server.key
+      metrics_port: 9464                # optional: Prometheus /metrics
+      max_entities: 10000               # entity rows per request
+      max_request_bytes: 4194304
     batch:
       memory_limit: 4GB                 # DuckDB spills to disk beyond this
 
 Environment variables override the file: FEATURESTORE_REDIS_URL,
-FEATURESTORE_SERVING_PORT.
+FEATURESTORE_SERVING_PORT, FEATURESTORE_API_KEYS (comma-separated).
 """
 from __future__ import annotations
 
@@ -37,6 +43,12 @@ class RepoConfig:
     serving_host: str
     serving_port: int
     memory_limit: str
+    api_keys: tuple[str, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    metrics_port: int | None = None
+    max_entities: int = 10_000
+    max_request_bytes: int = 4 * 1024 * 1024
 
     @property
     def state_dir(self) -> Path:
@@ -90,6 +102,10 @@ def load(root: Path) -> RepoConfig:
         port = int(port)
     except (TypeError, ValueError):
         raise ConfigError(f"{path}: serving.port must be a number, not {port!r}") from None
+    keys = os.environ.get("FEATURESTORE_API_KEYS")
+    keys = keys.split(",") if keys else serving.get("api_keys") or []
+    if isinstance(keys, str) or not all(isinstance(k, str) and k for k in keys):
+        raise ConfigError(f"{path}: serving.api_keys must be a list of non-empty strings")
     return RepoConfig(
         root=root,
         project=project,
@@ -98,4 +114,17 @@ def load(root: Path) -> RepoConfig:
         serving_host=str(serving.get("host", "127.0.0.1")),
         serving_port=port,
         memory_limit=str(batch.get("memory_limit", "4GB")),
+        api_keys=tuple(keys),
+        tls_cert=root / serving["tls_cert"] if serving.get("tls_cert") else None,
+        tls_key=root / serving["tls_key"] if serving.get("tls_key") else None,
+        metrics_port=_int(path, serving, "metrics_port", None),
+        max_entities=_int(path, serving, "max_entities", 10_000),
+        max_request_bytes=_int(path, serving, "max_request_bytes", 4 * 1024 * 1024),
     )
+
+
+def _int(path: Path, section: dict, name: str, default: int | None) -> int | None:
+    value = section.get(name, default)
+    if value is None or isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"{path}: serving.{name} must be a whole number, not {value!r}")

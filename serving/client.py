@@ -49,16 +49,19 @@ class FeatureClient:
     """A connection to a featurestore server (`target` is "host:port").
 
     `timeout` is the default deadline of each call, in seconds. Pass
-    `credentials` (grpc.ssl_channel_credentials(...)) for TLS. Failed calls raise
+    `credentials` (grpc.ssl_channel_credentials(...)) for TLS, and `api_key` when
+    the server requires one (sent as `x-api-key` metadata). Failed calls raise
     grpc.RpcError: INVALID_ARGUMENT for a bad request (the details say what is
     wrong), UNAVAILABLE when the server or its Redis is down.
     """
 
     def __init__(self, target: str, timeout: float = 5.0, *,
                  credentials: grpc.ChannelCredentials | None = None,
+                 api_key: str | None = None,
                  options: Sequence[tuple[str, Any]] = DEFAULT_OPTIONS):
         self.target = target
         self.timeout = timeout
+        self._metadata = (("x-api-key", api_key),) if api_key else None
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=list(options))
         else:
@@ -87,7 +90,8 @@ class FeatureClient:
         for name, values in entities.items():
             request.entities[name].CopyFrom(entity_column(name, values))
         response = self._stub.GetOnlineFeatures(
-            request, timeout=self.timeout if timeout is None else timeout)
+            request, timeout=self.timeout if timeout is None else timeout,
+            metadata=self._metadata)
         return OnlineFeatures(response, tuple(entities))
 
     def health(self, timeout: float | None = None) -> str:

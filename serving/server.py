@@ -18,6 +18,7 @@ import asyncio
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -35,7 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from featurestore import layout
 from featurestore.manifest import Manifest
-from serving import lookup
+from serving import interceptors, lookup
 from serving.v1 import serving_pb2, serving_pb2_grpc
 
 log = logging.getLogger("featurestore.serving")
@@ -59,6 +60,25 @@ REDIS_OPTIONS: dict[str, Any] = {
     "retry_on_error": [RedisConnectionError],
 }
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Production settings of a server (featurestore.yaml `serving:` section).
+
+    api_keys          callers must send one of these as `x-api-key` metadata
+                      (none: no auth); health checks stay open
+    tls_cert/tls_key  PEM files: serve TLS instead of plaintext
+    metrics_port      Prometheus /metrics on this port (0: a free one; None: off)
+    max_request_bytes larger requests are refused by gRPC (RESOURCE_EXHAUSTED)
+    max_entities      more entity rows in one request get INVALID_ARGUMENT
+    """
+    api_keys: tuple[str, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    metrics_port: int | None = None
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_entities: int = 10_000
 
 
 class StoreUnavailable(RuntimeError):
@@ -172,10 +192,12 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
     """ServingService: validates with `serving.lookup`, reads the `OnlineStore`,
     and maps failures to status codes."""
 
-    def __init__(self, manifest: Manifest, store: OnlineStore, clock: Clock = wall_clock_us):
+    def __init__(self, manifest: Manifest, store: OnlineStore, clock: Clock = wall_clock_us,
+                 max_entities: int = ServerOptions.max_entities):
         self._manifest = manifest
         self._store = store
         self._clock = clock
+        self._max_entities = max_entities
 
     async def GetOnlineFeatures(self, request: serving_pb2.GetOnlineFeaturesRequest,
                                 context: grpc.aio.ServicerContext
@@ -184,6 +206,10 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
             prepared = lookup.prepare(self._manifest, request)
         except lookup.BadRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if prepared.rows > self._max_entities:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"{prepared.rows} entity rows in one request; this server "
+                                f"takes at most {self._max_entities}: split the request")
         now = self._clock()
         replies = await self._read(prepared, context)
         try:
@@ -210,9 +236,12 @@ class RunningServer:
     """A started server: where it listens, and how to stop it."""
 
     def __init__(self, server: grpc.aio.Server, host: str, port: int, store: OnlineStore,
-                 health: grpc_health.aio.HealthServicer, watcher: asyncio.Task):
+                 health: grpc_health.aio.HealthServicer, watcher: asyncio.Task,
+                 metrics: "_Metrics | None" = None):
         self.port = port
         self.address = _host_port(host, port)
+        self.metrics_port = metrics.port if metrics else None
+        self._metrics = metrics
         self._server = server
         self._store = store
         self._health = health
@@ -225,13 +254,55 @@ class RunningServer:
         self._watcher.cancel()
         await self._server.stop(grace)
         await self._store.close()
+        if self._metrics:
+            self._metrics.close()
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
 
 
+class _Metrics:
+    """A Prometheus registry of one server and the HTTP endpoint that exposes it."""
+
+    def __init__(self, host: str, port: int):
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        self.registry = CollectorRegistry()
+        self.interceptor = interceptors.MetricsInterceptor(self.registry)
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        self.port = self._http.server_port
+
+    def close(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+
+
+def _grpc_server(options: ServerOptions, metrics: _Metrics | None) -> grpc.aio.Server:
+    chain = []
+    if metrics:  # first, so refused calls are counted too
+        chain.append(metrics.interceptor)
+    if options.api_keys:
+        chain.append(interceptors.ApiKeyInterceptor(options.api_keys))
+    # so_reuseport 0: without it Linux lets a second server bind the same
+    # port and steal half the connections.
+    return grpc.aio.server(interceptors=chain, options=[
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", options.max_request_bytes)])
+
+
+def _bind(server: grpc.aio.Server, address: str, options: ServerOptions) -> int:
+    if not (options.tls_cert or options.tls_key):
+        return server.add_insecure_port(address)
+    if not (options.tls_cert and options.tls_key):
+        raise ValueError("TLS needs both tls_cert and tls_key")
+    creds = grpc.ssl_server_credentials(
+        [(Path(options.tls_key).read_bytes(), Path(options.tls_cert).read_bytes())])
+    return server.add_secure_port(address, creds)
+
+
 async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.1",
-                       port: int = 0, clock: Clock | None = None) -> RunningServer:
+                       port: int = 0, clock: Clock | None = None,
+                       options: ServerOptions | None = None) -> RunningServer:
     """Start serving `manifest` from the Redis at `redis_url` on `host:port`
     (port 0: any free port, see `.port`). `clock` returns "now" in epoch
     microseconds (default: the wall clock); windows end and ttls count back
@@ -239,45 +310,51 @@ async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.
     cannot serve. Redis may be down at start: health says NOT_SERVING, lookups
     get UNAVAILABLE, and both recover when Redis answers."""
     lookup.check_manifest(manifest)
+    options = options or ServerOptions()
     health = grpc_health.aio.HealthServicer()
     store = OnlineStore(manifest.project, redis_url, health)
-    # Without this, Linux lets a second server bind the same port and steal
-    # half the connections.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    metrics = _Metrics(host, options.metrics_port) if options.metrics_port is not None else None
+    server = _grpc_server(options, metrics)
     serving_pb2_grpc.add_ServingServiceServicer_to_server(
-        FeatureServicer(manifest, store, clock or wall_clock_us), server)
+        FeatureServicer(manifest, store, clock or wall_clock_us, options.max_entities), server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, grpc_health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
-        bound = server.add_insecure_port(_host_port(host, port))
+        bound = _bind(server, _host_port(host, port), options)
         await store.probe()
         await server.start()
     except BaseException:
         await store.close()
+        if metrics:
+            metrics.close()
         raise
     watcher = asyncio.create_task(store.watch(PROBE_INTERVAL_S))
-    return RunningServer(server, host, bound, store, health, watcher)
+    return RunningServer(server, host, bound, store, health, watcher, metrics)
 
 
 def serve(manifest_path: str | Path, redis_url: str, host: str = "127.0.0.1",
-          port: int = DEFAULT_PORT) -> None:
+          port: int = DEFAULT_PORT, options: ServerOptions | None = None) -> None:
     """Serve the manifest at `manifest_path` until SIGINT or SIGTERM (blocking)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_serve_until_signalled(Manifest.load(manifest_path), redis_url, host, port))
+    asyncio.run(_serve_until_signalled(Manifest.load(manifest_path), redis_url, host, port,
+                                       options or ServerOptions()))
 
 
-async def _serve_until_signalled(manifest: Manifest, redis_url: str, host: str, port: int) -> None:
-    running = await start_server(manifest, redis_url, host, port)
+async def _serve_until_signalled(manifest: Manifest, redis_url: str, host: str, port: int,
+                                 options: ServerOptions) -> None:
+    running = await start_server(manifest, redis_url, host, port, options=options)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    log.info("serving project %r (%d views, %d services) on %s from Redis at %s",
+    log.info("serving project %r (%d views, %d services) on %s%s from Redis at %s%s%s",
              manifest.project, len(manifest.views), len(manifest.services), running.address,
-             _without_credentials(redis_url))
+             " (TLS)" if options.tls_cert else "", _without_credentials(redis_url),
+             f"; metrics on :{running.metrics_port}/metrics" if running.metrics_port else "",
+             "; API keys required" if options.api_keys else "")
     try:
         await stopping.wait()
     finally:

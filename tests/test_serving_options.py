@@ -1,0 +1,100 @@
+"""Production settings of the server: API keys, TLS, metrics, request limits."""
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import urllib.request
+
+import grpc
+import pytest
+import redis
+
+from serving.client import FeatureClient
+from serving.server import ServerOptions, start_server
+from test_serving import MANIFEST, NOW, USER_PROFILE, LoopThread, put_row
+
+ASK = dict(features=["user_profile:country"], entities={"user_id": ["u1"]})
+
+
+@pytest.fixture(scope="module")
+def loop():
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture
+def stored(redis_url):
+    with contextlib.closing(redis.Redis.from_url(redis_url)) as r:
+        put_row(r, USER_PROFILE, ["u1"], NOW, ["DE", 41, 0.75, True, 0])
+    return redis_url
+
+
+@contextlib.contextmanager
+def running(loop, redis_url, **options):
+    server = loop.run(start_server(MANIFEST, redis_url, host="localhost", clock=lambda: NOW,
+                                   options=ServerOptions(**options)))
+    try:
+        yield server
+    finally:
+        loop.run(server.stop(None))
+
+
+def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code(), caught.value.details()
+
+
+def test_api_keys_are_required_except_for_health(loop, stored):
+    with running(loop, stored, api_keys=("k1", "s3cret")) as server:
+        target = f"localhost:{server.port}"
+        with FeatureClient(target) as anonymous, FeatureClient(target, api_key="nope") as wrong, \
+                FeatureClient(target, api_key="s3cret") as good:
+            code, details = code_of(lambda: anonymous.get_online_features(**ASK))
+            assert code == grpc.StatusCode.UNAUTHENTICATED and "x-api-key" in details
+            assert code_of(lambda: wrong.get_online_features(**ASK))[0] == \
+                grpc.StatusCode.UNAUTHENTICATED
+            assert good.get_online_features(**ASK).to_dict()["country"] == ["DE"]
+            assert anonymous.health() == "SERVING"
+
+
+def test_metrics_count_calls_by_code(loop, stored):
+    with running(loop, stored, metrics_port=0) as server:
+        with FeatureClient(f"localhost:{server.port}") as client:
+            client.get_online_features(**ASK)
+            code_of(lambda: client.get_online_features(["user_profile:nope"],
+                                                       entities={"user_id": ["u1"]}))
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'featurestore_grpc_requests_total{code="OK",method="GetOnlineFeatures"} 1.0' in text
+    assert ('featurestore_grpc_requests_total{code="INVALID_ARGUMENT",'
+            'method="GetOnlineFeatures"} 1.0') in text
+    assert 'featurestore_grpc_latency_seconds_count{method="GetOnlineFeatures"} 2.0' in text
+
+
+def test_request_limits(loop, stored):
+    with running(loop, stored, max_entities=2, max_request_bytes=2000) as server:
+        with FeatureClient(f"localhost:{server.port}") as client:
+            code, details = code_of(lambda: client.get_online_features(
+                ["user_profile:country"], entities={"user_id": ["a", "b", "c"]}))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            assert "3 entity rows" in details and "at most 2" in details
+            code, _ = code_of(lambda: client.get_online_features(
+                ["user_profile:country"], entities={"user_id": ["x" * 3000]}))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_tls(loop, stored, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    with running(loop, stored, tls_cert=str(cert), tls_key=str(key)) as server:
+        target = f"localhost:{server.port}"
+        creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with FeatureClient(target, credentials=creds) as client:
+            assert client.get_online_features(**ASK).to_dict()["country"] == ["DE"]
+        with FeatureClient(target, timeout=1) as plaintext:
+            assert code_of(lambda: plaintext.get_online_features(**ASK))[0] == \
+                grpc.StatusCode.UNAVAILABLE
