@@ -34,6 +34,7 @@ class Literal:
     value: object  # int, float, str, bool or None
     kind: str      # "int", "float", "string", "bool", "null"
     span: Span
+    text: str = ""  # a number as written (`1.50`), so formatting keeps it
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,31 @@ class FuncCall:
     span: Span
 
 
-Expr = Union[Literal, ColumnRef, UnaryOp, BinaryOp, FuncCall]
+@dataclass(frozen=True)
+class IsNull:
+    """`x is null`, or `x is not null` when `negated`."""
+    operand: "Expr"
+    negated: bool
+    span: Span
+
+
+@dataclass(frozen=True)
+class CastExpr:
+    """`cast(x as type)`."""
+    operand: "Expr"
+    type: "TypeRef"
+    span: Span
+
+
+@dataclass(frozen=True)
+class CaseExpr:
+    """`case when c then v ... [else e] end`."""
+    whens: tuple[tuple["Expr", "Expr"], ...]
+    else_: "Expr | None"
+    span: Span
+
+
+Expr = Union[Literal, ColumnRef, UnaryOp, BinaryOp, FuncCall, IsNull, CastExpr, CaseExpr]
 
 
 # ---------------------------------------------------------------- pieces
@@ -108,9 +133,11 @@ class Tag:
 
 @dataclass(frozen=True)
 class Option:
-    """`name value` after a connector, e.g. `topic "purchases"`."""
+    """`name value` after a connector, e.g. `topic "purchases"`; the value is
+    the string's contents, or the word or number as written."""
     name: Ident
     value: str
+    kind: str      # "string", "name" or "number"
     span: Span
 
 
@@ -200,6 +227,13 @@ class TtlClause:
 
 
 @dataclass(frozen=True)
+class LatenessClause:
+    keyword: ClassVar[str] = "lateness"
+    duration: Duration
+    span: Span
+
+
+@dataclass(frozen=True)
 class WhereModifier:
     keyword: ClassVar[str] = "where"
     condition: Expr
@@ -208,8 +242,9 @@ class WhereModifier:
 
 @dataclass(frozen=True)
 class OverModifier:
+    """`over 1d`, or `over 1h, 1d, 7d`: one feature per window."""
     keyword: ClassVar[str] = "over"
-    window: Duration
+    windows: tuple[Duration, ...]
     span: Span
 
 
@@ -242,7 +277,7 @@ class FeatureRef:
 
 Clause = Union[DescriptionClause, OwnerClause, TagsClause, KeyClause, ConnectorClause,
                TimestampClause, SchemaClause, EntityClause, FromClause, TileClause,
-               TtlClause, FeaturesClause]
+               TtlClause, LatenessClause, FeaturesClause]
 
 
 # ---------------------------------------------------------------- definitions
@@ -257,6 +292,19 @@ class Definition:
     name: Ident
     items: tuple[Clause | FeatureRef, ...]
     span: Span
+    version: Ident | None = None       # services only: `service fraud v2 {`
+
+    @property
+    def display_name(self) -> str:
+        """The name as messages show it: `fraud`, or `fraud v2`."""
+        return f"{self.name.name} {self.version.name}" if self.version else self.name.name
+
+
+@dataclass(frozen=True)
+class Import:
+    """`import "path.feat"`, the path as written (relative to its file)."""
+    path: str
+    span: Span
 
 
 @dataclass(frozen=True)
@@ -264,14 +312,17 @@ class Module:
     """One parsed `.feat` file."""
     file: str
     definitions: tuple[Definition, ...]
+    imports: tuple[Import, ...] = ()
 
 
 KINDS = ("entity", "source", "view", "service")
 
 # The clauses each kind of block understands, in the order messages list them.
+# `batch` stands for the connector clause, whether written `batch` or `stream`.
+_DOCS = ("description", "owner", "tags")
 BLOCK_CLAUSES: dict[str, tuple[str, ...]] = {
-    "entity": ("key", "description"),
-    "source": ("batch", "timestamp", "schema", "description"),
-    "view": ("entity", "from", "tile", "ttl", "description", "tags", "features"),
-    "service": ("description",),
+    "entity": ("key", *_DOCS),
+    "source": ("batch", "stream", "timestamp", "schema", "lateness", *_DOCS),
+    "view": ("entity", "from", "tile", "ttl", *_DOCS, "features"),
+    "service": _DOCS,
 }

@@ -3,86 +3,46 @@
 The checker keeps going after an error: each definition, clause and feature is
 checked on its own, and an expression whose part is already wrong gets the
 type None, which silences every check above it (one mistake, one message).
-It returns a plan only when no error was found.
+It returns a plan only when no error was found. Sources live in
+`checker_sources`, types and expressions in `checker_expr`.
 
 Decisions the language makes here:
 
 * Names live in one namespace per kind: an entity and a view may share a name.
+  A service is named by its name and version: `fraud v1` and `fraud v2` are two.
 * `tile` is required in a view with aggregations; a view with only row-level
   features may leave it out and gets `DEFAULT_TILE_US` (5m), so every plan
   holds a positive tile and no backend divides by zero.
 * `==` and `=` are the same operator; the plan spells it `=`.
+* `x = sum(a) over 1h, 1d` defines one feature per window, named x_1h, x_1d:
+  the name, '_', and the window as written.
+* A stream view keeps state for its ttl (its retention), so the ttl must cover
+  its longest window; without a ttl, every aggregation needs a window.
 * `view.*` in a service lists the view's features in declaration order; a
   feature listed twice is kept once, with a warning.
 """
 from __future__ import annotations
 
-import posixpath
-from dataclasses import dataclass
+import re
 from typing import Callable, Iterable
 
 from . import ast
 from . import plan as p
+from .checker_expr import AGGREGATIONS, ExprChecks, Scope, arity
+from .checker_sources import SourceChecks
 from .diagnostics import Diagnostic, did_you_mean, where
+
+__all__ = ["AGGREGATIONS", "SUPPORTED_AGGREGATIONS", "check", "feature_names"]
+
+# The one gate between "the language has it" and "the engines compute it":
+# every aggregation of AGGREGATIONS is parsed and fully typed; those not
+# listed here are reported as not supported yet (E404) until the engines
+# compute them (their tile states exist in featurestore.tiles).
+SUPPORTED_AGGREGATIONS = frozenset({"count", "sum", "avg", "min", "max", "first", "last",
+                                    "count_distinct", "stddev", "variance"})
 
 DEFAULT_TILE_US = 5 * p.US_PER["m"]
 KEY_TYPES = ("string", "int64")  # what the Redis layout can encode as a key
-
-# Types that parse but that no backend handles yet; the checker says so.
-LATER_TYPES = ("int32", "float32", "date", "bytes", "decimal", "list", "map")
-TYPE_ALIASES = {"int": "int64", "integer": "int64", "long": "int64", "float": "float64",
-                "double": "float64", "str": "string", "text": "string", "boolean": "bool",
-                "datetime": "timestamp"}
-ORDERED_TYPES = ("int64", "float64", "string", "timestamp")
-
-
-@dataclass(frozen=True)
-class AggregationSpec:
-    """How one aggregation is called and typed. `result` maps the argument's
-    type (None for `count()`) to the output type, or None when the argument
-    type is not accepted; `result` None means "not supported yet"."""
-    min_args: int
-    max_args: int
-    accepts: str
-    result: Callable[[str | None], str | None] | None
-
-
-def _same_if(types: tuple[str, ...]) -> Callable[[str | None], str | None]:
-    return lambda t: t if t in types else None
-
-
-AGGREGATIONS: dict[str, AggregationSpec] = {
-    "count": AggregationSpec(0, 1, "any value", lambda t: "int64"),
-    "sum": AggregationSpec(1, 1, "a number", _same_if(p.NUMERIC_TYPES)),
-    "avg": AggregationSpec(1, 1, "a number",
-                           lambda t: "float64" if t in p.NUMERIC_TYPES else None),
-    "min": AggregationSpec(1, 1, "a number, string or timestamp", _same_if(ORDERED_TYPES)),
-    "max": AggregationSpec(1, 1, "a number, string or timestamp", _same_if(ORDERED_TYPES)),
-    "first": AggregationSpec(1, 1, "any value", None),
-    "last": AggregationSpec(1, 1, "any value", None),
-    "count_distinct": AggregationSpec(1, 1, "any value", None),
-    "stddev": AggregationSpec(1, 1, "a number", None),
-    "variance": AggregationSpec(1, 1, "a number", None),
-}
-SUPPORTED_AGGREGATIONS = tuple(n for n, s in AGGREGATIONS.items() if s.result is not None)
-
-# Scalar functions: none yet. Names users will reach for are recognised, so
-# they hear "not supported yet" rather than "unknown function".
-LATER_FUNCTIONS = ("if", "coalesce", "case", "cast", "abs", "round", "floor", "ceil", "lower",
-                   "upper", "length", "concat", "substr", "date_trunc", "year", "month", "day",
-                   "hour")
-
-ARITHMETIC = ("+", "-", "*", "/", "%")
-ORDERING = ("<", "<=", ">", ">=")
-LOGIC = ("and", "or")
-
-
-@dataclass
-class _Scope:
-    """What an expression in a view may refer to."""
-    source: str
-    columns: dict[str, str | None]   # column -> type; None: its type was wrong
-    features: tuple[str, ...]        # the view's feature names, for hints
 
 
 def check(modules: Iterable[ast.Module],
@@ -93,7 +53,16 @@ def check(modules: Iterable[ast.Module],
     return checker.run(), checker.diagnostics
 
 
-class _Checker:
+def feature_names(f: ast.Feature) -> list[tuple[str, ast.Span]]:
+    """The names a feature line defines, with where each is written: one, or
+    one per window of `over 1h, 1d, ...` (name_1h, name_1d)."""
+    for m in f.modifiers:
+        if isinstance(m, ast.OverModifier) and len(m.windows) > 1:
+            return [(f"{f.name.name}_{w.text}", w.span) for w in m.windows]
+    return [(f.name.name, f.name.span)]
+
+
+class _Checker(SourceChecks, ExprChecks):
     def __init__(self, modules: list[ast.Module], broken: frozenset[tuple[str, str]]):
         self.modules = modules
         self.broken = broken
@@ -101,6 +70,7 @@ class _Checker:
         self.defs: dict[str, dict[str, ast.Definition]] = {k: {} for k in ast.KINDS}
         self.entity_keys: dict[str, list[tuple[str, str | None]]] = {}
         self.source_columns: dict[str, dict[str, str | None] | None] = {}
+        self.source_kinds: dict[str, str] = {}
         self.view_features: dict[str, list[str]] = {}
         self.error_count = 0
 
@@ -114,7 +84,7 @@ class _Checker:
         entities = self._each("entity", self._entity)
         sources = self._each("source", self._source)
         for defn in self.defs["view"].values():
-            self.view_features[defn.name.name] = _feature_names(defn)
+            self.view_features[defn.name.name] = _view_feature_names(defn)
         views = self._each("view", self._view)
         services = self._each("service", self._service)
         if self.error_count:
@@ -124,7 +94,7 @@ class _Checker:
     def _each(self, kind: str, check_one: Callable[[ast.Definition], object]) -> tuple:
         """Check every definition of a kind; the results sorted by name."""
         results = []
-        for name in sorted(self.defs[kind]):
+        for name in sorted(self.defs[kind], key=lambda n: _natural(n)):
             before = self.error_count
             result = check_one(self.defs[kind][name])
             if result is not None and self.error_count == before:
@@ -135,18 +105,18 @@ class _Checker:
         for module in self.modules:
             for defn in module.definitions:
                 seen = self.defs[defn.kind]
-                first = seen.get(defn.name.name)
+                first = seen.get(defn.display_name)
                 if first is None:
-                    seen[defn.name.name] = defn
+                    seen[defn.display_name] = defn
                     continue
                 self.report("E201", defn.name.span,
-                            f"{defn.kind} '{defn.name.name}' is already defined",
+                            f"{defn.kind} '{defn.display_name}' is already defined",
                             f"first defined at {where(first.name.span)}")
 
     # ------------------------------------------------------------ clauses
     def _clauses(self, defn: ast.Definition) -> dict[str, ast.Clause]:
         """The first clause of each keyword; reports clauses that are not
-        allowed in this kind of block, not supported yet, or repeated."""
+        allowed in this kind of block, or repeated."""
         allowed = ast.BLOCK_CLAUSES[defn.kind]
         found: dict[str, ast.Clause] = {}
         for item in defn.items:
@@ -154,16 +124,17 @@ class _Checker:
                 continue
             keyword = item.keyword
             written = item.kind if isinstance(item, ast.ConnectorClause) else keyword
-            if keyword == "owner":
-                self.report("E404", item.span, "'owner' is not supported yet")
-            elif keyword not in allowed:
+            if keyword not in allowed:
                 self.report("E212", item.span,
                             f"'{written}' is not allowed in {_a(defn.kind)}",
                             f"{_a(defn.kind)} takes: {', '.join(allowed)}")
             elif keyword in found:
+                first = found[keyword]
+                shown = first.kind if isinstance(first, ast.ConnectorClause) else keyword
+                what = f"'{written}'" if shown == written else f"'{shown}' and '{written}'"
                 self.report("E211", item.span,
-                            f"duplicate '{written}' clause in {defn.kind} '{defn.name.name}'",
-                            f"first given at {where(found[keyword].span)}")
+                            f"duplicate {what} clause in {defn.kind} '{defn.display_name}'",
+                            f"first given at {where(first.span)}")
             else:
                 found[keyword] = item
         return found
@@ -176,39 +147,25 @@ class _Checker:
                     f"add `{example}`")
         return False
 
-    def _description(self, clauses: dict) -> str:
-        clause = clauses.get("description")
-        return clause.text if clause else ""
+    def _docs(self, clauses: dict) -> dict:
+        """The description, owner and tags of a definition, as plan fields."""
+        description = clauses.get("description")
+        owner = clauses.get("owner")
+        return {"description": description.text if description else "",
+                "owner": owner.text if owner else "",
+                "tags": self._tags(clauses.get("tags"))}
 
-    # ------------------------------------------------------------ types
-    def _type(self, t: ast.TypeRef) -> str | None:
-        """The plan type for a written type, or None (reported)."""
-        supported = ", ".join(p.SCALAR_TYPES)
-        if t.name in p.SCALAR_TYPES:
-            if not t.params:
-                return t.name
-            self.report("E301", t.span, f"type '{t.name}' takes no parameters")
-            return None
-        if t.name == "list" and len(t.params) != 1:
-            self.report("E301", t.span, "'list' needs one element type", "write e.g. list<float32>")
-            return None
-        if t.name in LATER_TYPES:
-            inner = [self._type_known(q) for q in t.params]
-            if all(inner):
-                self.report("E302", t.span, f"type '{t.text}' is not supported yet",
-                            f"supported types: {supported}")
-            return None
-        hint = (f"did you mean '{TYPE_ALIASES[t.name]}'?" if t.name in TYPE_ALIASES
-                else did_you_mean(t.name, (*p.SCALAR_TYPES, *LATER_TYPES)))
-        self.report("E301", t.span, f"unknown type '{t.name}'", hint or f"types: {supported}")
-        return None
-
-    def _type_known(self, t: ast.TypeRef) -> bool:
-        """Whether a type parameter is a known type; reports it when not."""
-        if t.name in p.SCALAR_TYPES or t.name in LATER_TYPES:
-            return all(self._type_known(q) for q in t.params)
-        self._type(t)
-        return False
+    def _tags(self, clause: ast.TagsClause | None) -> tuple[tuple[str, str], ...]:
+        if clause is None:
+            return ()
+        seen: dict[str, ast.Tag] = {}
+        for tag in clause.tags:
+            if tag.key.name in seen:
+                self.report("E214", tag.key.span, f"duplicate tag '{tag.key.name}'",
+                            f"first given at {where(seen[tag.key.name].key.span)}")
+            else:
+                seen[tag.key.name] = tag
+        return tuple((k, t.value) for k, t in seen.items())
 
     def _fields(self, fields: Iterable[ast.Field], code: str, what: str) -> dict[str, str | None]:
         """Name -> type of a schema or key list; duplicates reported with `code`."""
@@ -223,6 +180,14 @@ class _Checker:
             first[f.name.name] = f
             out[f.name.name] = type_
         return out
+
+    def _positive(self, duration: ast.Duration, what: str) -> int | None:
+        if duration.us is None:
+            return None
+        if duration.us <= 0:
+            self.report("E401", duration.span, f"{what} must be positive, got {duration.text}")
+            return None
+        return duration.us
 
     # ------------------------------------------------------------ entities
     def _entity(self, defn: ast.Definition) -> p.Entity | None:
@@ -239,65 +204,7 @@ class _Checker:
                             f"entity keys must be {' or '.join(KEY_TYPES)}")
                 keys[f.name.name] = None
         self.entity_keys[defn.name.name] = list(keys.items())
-        return p.Entity(defn.name.name, tuple(keys.items()), self._description(clauses))
-
-    # ------------------------------------------------------------ sources
-    def _source(self, defn: ast.Definition) -> p.Source | None:
-        clauses = self._clauses(defn)
-        columns = None  # unknown without a schema: views over it are not checked
-        if self._require(defn, clauses, "schema", "schema { <column>: <type>, ... }"):
-            columns = self._fields(clauses["schema"].fields, "E208", "column")
-        self.source_columns[defn.name.name] = columns
-        connector = None
-        if self._require(defn, clauses, "batch", 'batch parquet "data/<name>/*.parquet"'):
-            connector = self._connector(clauses["batch"])
-        timestamp = None
-        if self._require(defn, clauses, "timestamp", "timestamp <column>") and columns is not None:
-            timestamp = self._timestamp(defn, clauses["timestamp"], columns)
-        if connector is None or timestamp is None:
-            return None
-        kind, format_, path = connector
-        schema = tuple((c, t) for c, t in columns.items())
-        return p.Source(defn.name.name, kind, format_, path, timestamp, schema,
-                        self._description(clauses))
-
-    def _connector(self, clause: ast.ConnectorClause) -> tuple[str, str, str] | None:
-        """(kind, format, path) of a supported connector; None (reported) otherwise."""
-        name = clause.connector
-        if clause.kind == "stream":
-            self.report("E404", clause.span, "stream sources are not supported yet",
-                        'read the same data with `batch parquet "..."` for now')
-            return None
-        if name.name != "parquet":
-            self.report("E404", name.span, f"batch format '{name.name}' is not supported yet",
-                        "supported formats: parquet")
-            return None
-        for option in clause.options:
-            self.report("E404", option.name.span,
-                        f"option '{option.name.name}' is not supported for batch parquet")
-        if clause.path is None:
-            self.report("E213", clause.span, "'batch parquet' needs a path",
-                        'write `batch parquet "data/<name>/*.parquet"`')
-            return None
-        if posixpath.isabs(clause.path) or clause.path[1:3] == ":\\":
-            self.report("W502", clause.span, f"source path '{clause.path}' is absolute",
-                        "paths relative to the repo root keep the repo portable")
-        return "batch", "parquet", clause.path
-
-    def _timestamp(self, defn: ast.Definition, clause: ast.TimestampClause,
-                   columns: dict[str, str | None]) -> str | None:
-        name = clause.column
-        if name.name not in columns:
-            self.report("E204", name.span,
-                        f"unknown column '{name.name}' in source '{defn.name.name}'",
-                        did_you_mean(name.name, columns) or "the timestamp must be a schema column")
-            return None
-        type_ = columns[name.name]
-        if type_ is not None and type_ != "timestamp":
-            self.report("E309", name.span,
-                        f"timestamp column '{name.name}' is {type_}, not timestamp")
-            return None
-        return name.name if type_ else None
+        return p.Entity(defn.name.name, tuple(keys.items()), **self._docs(clauses))
 
     # ------------------------------------------------------------ views
     def _view(self, defn: ast.Definition) -> p.View | None:
@@ -314,16 +221,38 @@ class _Checker:
         tile_us = self._positive(tile.duration, "tile") if tile else None
         ttl = clauses.get("ttl")
         ttl_us = self._positive(ttl.duration, "ttl") if ttl else None
-        rows, aggs = self._features(defn, clauses, scope, tile_us, entity)
-        tags = self._tags(clauses.get("tags"))
+        rows, aggs, spans = self._features(defn, clauses, scope, tile_us, entity)
+        docs = self._docs(clauses)
+        if scope is not None and self.source_kinds.get(scope.source) == "stream":
+            self._stream_retention(defn, clauses, aggs, spans, ttl_us)
         if entity is None or scope is None or (tile is not None and tile_us is None):
             return None
         return p.View(
             name=defn.name.name, entity=clauses["entity"].entity.name,
             keys=tuple((k, t) for k, t in entity), source=from_clause.source.name,
             filter=filter_, tile_us=tile_us or DEFAULT_TILE_US, ttl_us=ttl_us,
-            row_features=rows, aggregations=aggs,
-            description=self._description(clauses), tags=tags)
+            row_features=rows, aggregations=aggs, **docs)
+
+    def _stream_retention(self, defn: ast.Definition, clauses: dict,
+                          aggs: tuple[p.Aggregation, ...], spans: dict[str, ast.Span],
+                          ttl_us: int | None) -> None:
+        """A stream view keeps tiles for its ttl: it must reach every window,
+        and without a ttl, an aggregation without a window would keep all."""
+        unbounded = [a for a in aggs if a.window_us is None]
+        if ttl_us is None:
+            for a in unbounded:
+                self.report("E411", spans[a.name],
+                            f"aggregation '{a.name}' of stream view '{defn.name.name}' has no "
+                            "window and the view no ttl: its state would grow forever",
+                            f"add `over <window>` to '{a.name}', or `ttl 30d` to the view")
+            return
+        longest = max((a for a in aggs if a.window_us), key=lambda a: a.window_us, default=None)
+        if longest is not None and longest.window_us > ttl_us:
+            ttl = clauses["ttl"].duration
+            window = p.format_duration(longest.window_us)
+            self.report("E410", ttl.span, f"ttl {ttl.text} of stream view '{defn.name.name}' "
+                        f"is shorter than its longest window {window} ('{longest.name}')",
+                        f"a stream view keeps events for its ttl: use `ttl {window}` or more")
 
     def _view_entity(self, defn: ast.Definition, clauses: dict) -> list | None:
         """The keys of the view's entity, or None (reported, or not checkable)."""
@@ -338,7 +267,7 @@ class _Checker:
         keys = self.entity_keys.get(name.name, [])
         return keys if keys and all(t for _, t in keys) else None
 
-    def _view_scope(self, defn: ast.Definition, clauses: dict) -> _Scope | None:
+    def _view_scope(self, defn: ast.Definition, clauses: dict) -> Scope | None:
         """The columns the view's expressions may use, or None."""
         if not self._require(defn, clauses, "from", "from <source>"):
             return None
@@ -351,9 +280,9 @@ class _Checker:
         columns = self.source_columns.get(name.name)
         if columns is None:
             return None
-        return _Scope(name.name, columns, tuple(self.view_features.get(defn.name.name, ())))
+        return Scope(name.name, columns, tuple(self.view_features.get(defn.name.name, ())))
 
-    def _check_keys(self, clause: ast.EntityClause, keys: list, scope: _Scope) -> None:
+    def _check_keys(self, clause: ast.EntityClause, keys: list, scope: Scope) -> None:
         """Each entity key must be a source column of the same type."""
         entity = clause.entity.name
         for key, type_ in keys:
@@ -366,58 +295,48 @@ class _Checker:
                             f"key '{key}' is {type_} in entity '{entity}' but "
                             f"{scope.columns[key]} in source '{scope.source}'")
 
-    def _positive(self, duration: ast.Duration, what: str) -> int | None:
-        if duration.us is None:
-            return None
-        if duration.us <= 0:
-            self.report("E401", duration.span, f"{what} must be positive, got {duration.text}")
-            return None
-        return duration.us
-
-    def _tags(self, clause: ast.TagsClause | None) -> tuple[tuple[str, str], ...]:
-        if clause is None:
-            return ()
-        seen: dict[str, ast.Tag] = {}
-        for tag in clause.tags:
-            if tag.key.name in seen:
-                self.report("E214", tag.key.span, f"duplicate tag '{tag.key.name}'",
-                            f"first given at {where(seen[tag.key.name].key.span)}")
-            else:
-                seen[tag.key.name] = tag
-        return tuple((k, t.value) for k, t in seen.items())
-
     # ------------------------------------------------------------ features
-    def _features(self, defn: ast.Definition, clauses: dict, scope: _Scope | None,
-                  tile_us: int | None, keys: list | None) -> tuple[tuple, tuple]:
-        """Row features and aggregations, in declaration order."""
+    def _features(self, defn: ast.Definition, clauses: dict, scope: Scope | None,
+                  tile_us: int | None, keys: list | None) -> tuple[tuple, tuple, dict]:
+        """Row features and aggregations, in declaration order, and where
+        each feature's name is written."""
         clause = clauses.get("features")
         if clause is None or not clause.features:
             span = clause.span if clause else defn.name.span
             self.report("E407", span, f"view '{defn.name.name}' defines no features",
                         "add `features { <name> = <expression> }`")
-            return (), ()
-        rows, aggs, first = [], [], {}
-        key_names = {k for k, _ in keys or ()}
+            return (), (), {}
+        rows, aggs = [], []
+        first: dict[str, ast.Span] = {}
         for f in clause.features:
-            name = f.name.name
-            if name in first:
-                self.report("E207", f.name.span, f"duplicate feature '{name}' in view "
-                            f"'{defn.name.name}'", f"first defined at {where(first[name])}")
+            names = self._new_names(defn, clauses, f, first, keys)
+            if not names:
                 continue
-            first[name] = f.name.span
-            if name in key_names:
-                self.report("E408", f.name.span, f"feature '{name}' has the name of a key of "
-                            f"entity '{clauses['entity'].entity.name}'", "rename the feature")
-            result = self._feature(f, scope, tile_us)
-            if isinstance(result, p.Aggregation):
-                aggs.append(result)
-            elif result is not None:
-                rows.append(result)
+            for result in self._feature(f, names, scope, tile_us):
+                (aggs if isinstance(result, p.Aggregation) else rows).append(result)
         if any(_is_aggregation(f.expr) for f in clause.features) and "tile" not in clauses:
             self.report("E403", defn.name.span,
                         f"view '{defn.name.name}' has aggregations but no tile",
                         "add `tile 5m` (windows must be multiples of the tile)")
-        return tuple(rows), tuple(aggs)
+        return tuple(rows), tuple(aggs), first
+
+    def _new_names(self, defn: ast.Definition, clauses: dict, f: ast.Feature,
+                   first: dict[str, ast.Span], keys: list | None) -> list[str]:
+        """The names `f` defines; [] when one is taken (reported)."""
+        names = feature_names(f)
+        key_names = {k for k, _ in keys or ()}
+        ok = True
+        for name, span in names:
+            if name in first:
+                self.report("E207", span, f"duplicate feature '{name}' in view "
+                            f"'{defn.name.name}'", f"first defined at {where(first[name])}")
+                ok = False
+                continue
+            first[name] = span
+            if name in key_names:
+                self.report("E408", span, f"feature '{name}' has the name of a key of "
+                            f"entity '{clauses['entity'].entity.name}'", "rename the feature")
+        return [n for n, _ in names] if ok else []
 
     def _modifiers(self, f: ast.Feature) -> dict[str, ast.Modifier]:
         found: dict[str, ast.Modifier] = {}
@@ -428,11 +347,11 @@ class _Checker:
                 found[m.keyword] = m
         return found
 
-    def _feature(self, f: ast.Feature, scope: _Scope | None,
-                 tile_us: int | None) -> p.RowFeature | p.Aggregation | None:
+    def _feature(self, f: ast.Feature, names: list[str], scope: Scope | None,
+                 tile_us: int | None) -> list[p.RowFeature | p.Aggregation]:
         modifiers = self._modifiers(f)
         if _is_aggregation(f.expr):
-            return self._aggregation(f, modifiers, scope, tile_us)
+            return self._aggregation(f, names, modifiers, scope, tile_us)
         for m in modifiers.values():
             self.report("E406", m.span,
                         f"'{m.keyword}' applies to aggregations; '{f.name.name}' is row-level",
@@ -440,41 +359,45 @@ class _Checker:
                         "aggregate it, e.g. sum(x) over 1d")
         expr = self._expr(f.expr, scope) if scope else None
         if expr is None:
-            return None
+            return []
         if expr.type == "null":
             self.report("E312", f.expr.span, f"the type of feature '{f.name.name}' is unknown: "
-                        "it is always null")
-            return None
-        return p.RowFeature(f.name.name, expr, expr.type)
+                        "it is always null", "give it a type, e.g. cast(null as float64)")
+            return []
+        return [p.RowFeature(f.name.name, expr, expr.type)]
 
-    def _aggregation(self, f: ast.Feature, modifiers: dict, scope: _Scope | None,
-                     tile_us: int | None) -> p.Aggregation | None:
+    def _aggregation(self, f: ast.Feature, names: list[str], modifiers: dict,
+                     scope: Scope | None, tile_us: int | None) -> list[p.Aggregation]:
         call: ast.FuncCall = f.expr
         name = call.name.name
         spec = AGGREGATIONS[name]
-        if spec.result is None:
-            self.report("E404", call.name.span, f"aggregation '{name}' is not supported yet",
-                        f"supported: {', '.join(SUPPORTED_AGGREGATIONS)}")
-            return None
         if not spec.min_args <= len(call.args) <= spec.max_args:
-            self.report("E310", call.span, f"{name}() takes {_arity(spec)}, got {len(call.args)}")
-            return None
+            self.report("E310", call.span,
+                        f"{name}() takes {arity(spec.min_args, spec.max_args)}, "
+                        f"got {len(call.args)}")
+            return []
         arg = self._expr(call.args[0], scope) if call.args and scope else None
         where_ = modifiers.get("where")
-        cond = self._condition(where_.condition, scope, "the 'where' condition") if where_ and scope else None
+        cond = (self._condition(where_.condition, scope, "the 'where' condition")
+                if where_ and scope else None)
         over = modifiers.get("over")
-        window_us = self._window(over.window, tile_us) if over else None
+        windows = [self._window(w, tile_us) for w in over.windows] if over else [None]
         if scope is None or call.args and arg is None:
-            return None
+            return []
         out = spec.result(arg.type if arg else None)
-        if out is None:
+        if out is None or out == "null":
             hint = "min, max and count also accept strings" if arg.type == "string" else None
             self.report("E304", call.args[0].span,
                         f"{name}() needs {spec.accepts}, got {arg.type}", hint)
-            return None
-        if (where_ and cond is None) or (over and window_us is None):
-            return None
-        return p.Aggregation(f.name.name, name, arg, cond, window_us, out)
+            return []
+        if (where_ and cond is None) or (over and None in windows):
+            return []
+        if name not in SUPPORTED_AGGREGATIONS:
+            supported = [a for a in AGGREGATIONS if a in SUPPORTED_AGGREGATIONS]
+            self.report("E404", call.name.span, f"aggregation '{name}' is not supported yet",
+                        f"supported: {', '.join(supported)}")
+            return []
+        return [p.Aggregation(n, name, arg, cond, w, out) for n, w in zip(names, windows)]
 
     def _window(self, window: ast.Duration, tile_us: int | None) -> int | None:
         us = self._positive(window, "a window")
@@ -488,97 +411,10 @@ class _Checker:
                     f"{tile}", f"use {' or '.join(near)}, or a smaller tile")
         return None
 
-    # ------------------------------------------------------------ expressions
-    def _condition(self, e: ast.Expr, scope: _Scope, what: str) -> p.Expr | None:
-        expr = self._expr(e, scope)
-        if expr is None or expr.type == "bool":
-            return expr
-        self.report("E303", e.span, f"{what} must be bool, got {expr.type}",
-                    "compare it, e.g. `amount > 0`" if expr.type in p.NUMERIC_TYPES else None)
-        return None
-
-    def _expr(self, e: ast.Expr, scope: _Scope) -> p.Expr | None:
-        """The typed plan expression, or None when any part of it is wrong."""
-        if isinstance(e, ast.Literal):
-            return p.Literal(e.value, _LITERAL_TYPES[e.kind])
-        if isinstance(e, ast.ColumnRef):
-            return self._column(e, scope)
-        if isinstance(e, ast.UnaryOp):
-            return self._unary(e, scope)
-        if isinstance(e, ast.BinaryOp):
-            return self._binary(e, scope)
-        return self._call(e, scope)
-
-    def _column(self, e: ast.ColumnRef, scope: _Scope) -> p.Expr | None:
-        if e.name in scope.columns:
-            type_ = scope.columns[e.name]
-            return p.Column(e.name, type_) if type_ else None
-        hint = did_you_mean(e.name, scope.columns)
-        if hint is None and e.name in scope.features:
-            hint = (f"'{e.name}' is a feature of this view; expressions use columns of "
-                    f"source '{scope.source}'")
-        self.report("E204", e.span, f"unknown column '{e.name}' in source '{scope.source}'", hint)
-        return None
-
-    def _unary(self, e: ast.UnaryOp, scope: _Scope) -> p.Expr | None:
-        operand = self._expr(e.operand, scope)
-        if operand is None:
-            return None
-        if e.op == "-":
-            if _numeric(operand.type):
-                return p.Unary("-", operand, operand.type)
-            self.report("E305", e.span, f"'-' needs a number, got {operand.type}")
-            return None
-        if operand.type in ("bool", "null"):
-            return p.Unary("not", operand, "bool")
-        self.report("E307", e.operand.span, f"'not' needs bool, got {operand.type}")
-        return None
-
-    def _binary(self, e: ast.BinaryOp, scope: _Scope) -> p.Expr | None:
-        left, right = self._expr(e.left, scope), self._expr(e.right, scope)
-        if left is None or right is None:
-            return None
-        op = "=" if e.op == "==" else e.op
-        lt, rt = left.type, right.type
-        if op in ARITHMETIC:
-            bad = [(s, t) for s, t in ((e.left.span, lt), (e.right.span, rt)) if not _numeric(t)]
-            if bad:
-                self.report("E305", bad[0][0], f"'{op}' needs numbers, got {lt} and {rt}")
-                return None
-            return p.Binary(op, left, right, _arithmetic_type(op, lt, rt))
-        if op in LOGIC:
-            bad = [(s, t) for s, t in ((e.left.span, lt), (e.right.span, rt))
-                   if t not in ("bool", "null")]
-            if bad:
-                self.report("E307", bad[0][0], f"'{op}' needs bool operands, got {bad[0][1]}")
-                return None
-            return p.Binary(op, left, right, "bool")
-        if not _comparable(lt, rt):
-            self.report("E306", e.span, f"cannot compare {lt} with {rt}")
-            return None
-        if op in ORDERING and "bool" in (lt, rt):
-            self.report("E306", e.span, f"'{op}' cannot order bool values",
-                        "use = or != with bool values")
-            return None
-        return p.Binary(op, left, right, "bool")
-
-    def _call(self, e: ast.FuncCall, scope: _Scope) -> p.Expr | None:
-        name = e.name.name
-        for arg in e.args:  # still report what is wrong inside
-            self._expr(arg, scope)
-        if name in AGGREGATIONS:
-            self.report("E405", e.span, f"aggregation '{name}' cannot be used inside an "
-                        "expression", f"define it as a feature of its own: `x = {name}(...)`")
-        elif name in LATER_FUNCTIONS:
-            self.report("E404", e.name.span, f"function '{name}' is not supported yet")
-        else:
-            self.report("E210", e.name.span, f"unknown function '{name}'",
-                        did_you_mean(name, (*AGGREGATIONS, *LATER_FUNCTIONS)))
-        return None
-
     # ------------------------------------------------------------ services
     def _service(self, defn: ast.Definition) -> p.Service | None:
         clauses = self._clauses(defn)
+        version = self._version(defn.version)
         listed: dict[tuple[str, str], ast.Span] = {}
         refs = [item for item in defn.items if isinstance(item, ast.FeatureRef)]
         for ref in refs:
@@ -586,13 +422,27 @@ class _Checker:
                 key = (ref.view.name, feature)
                 if key in listed:
                     self.report("W501", ref.span, f"'{key[0]}.{key[1]}' is already in service "
-                                f"'{defn.name.name}'", f"first listed at {where(listed[key])}")
+                                f"'{defn.display_name}'", f"first listed at {where(listed[key])}")
                 else:
                     listed[key] = ref.span
         if not refs:
-            self.report("E409", defn.name.span, f"service '{defn.name.name}' lists no features",
+            self.report("E409", defn.name.span,
+                        f"service '{defn.display_name}' lists no features",
                         "add e.g. `my_view.*` or `my_view.my_feature`")
-        return p.Service(defn.name.name, tuple(listed), self._description(clauses))
+        if version is False:
+            return None
+        return p.Service(defn.name.name, tuple(listed), version=version, **self._docs(clauses))
+
+    def _version(self, version: ast.Ident | None) -> int | None | bool:
+        """The number of `v2`; None without a version; False when malformed."""
+        if version is None:
+            return None
+        m = re.fullmatch(r"[vV]([0-9]{1,9})", version.name)
+        if m is None:
+            self.report("E216", version.span, f"'{version.name}' is not a service version",
+                        "versions are written v1, v2, ...: `service fraud v2 { ... }`")
+            return False
+        return int(m.group(1))
 
     def _resolve(self, ref: ast.FeatureRef) -> list[str]:
         """The feature names a ref stands for; [] when it is wrong (reported)."""
@@ -608,48 +458,37 @@ class _Checker:
         if ref.feature.name not in features:
             self.report("E206", ref.feature.span,
                         f"unknown feature '{ref.feature.name}' in view '{view}'",
-                        did_you_mean(ref.feature.name, features))
+                        _window_hint(ref.feature.name, features)
+                        or did_you_mean(ref.feature.name, features))
             return []
         return [ref.feature.name]
 
 
 # ---------------------------------------------------------------- helpers
-_LITERAL_TYPES = {"int": "int64", "float": "float64", "string": "string", "bool": "bool",
-                  "null": "null"}
-
-
 def _is_aggregation(e: ast.Expr) -> bool:
     return isinstance(e, ast.FuncCall) and e.name.name in AGGREGATIONS
 
 
-def _feature_names(defn: ast.Definition) -> list[str]:
+def _view_feature_names(defn: ast.Definition) -> list[str]:
     names: dict[str, None] = {}
     for item in defn.items:
         if isinstance(item, ast.FeaturesClause):
-            names.update((f.name.name, None) for f in item.features)
+            for f in item.features:
+                names.update((n, None) for n, _ in feature_names(f))
     return list(names)
 
 
-def _numeric(t: str) -> bool:
-    return t in p.NUMERIC_TYPES or t == "null"
+def _window_hint(name: str, features: list[str]) -> str | None:
+    """For `spend` when the view defines spend_1h, spend_1d: name them."""
+    family = [f for f in features if f.startswith(name + "_")]
+    return f"'{name}' defines {', '.join(family)}" if family else None
 
 
-def _arithmetic_type(op: str, lt: str, rt: str) -> str:
-    if op == "/" or "float64" in (lt, rt):
-        return "float64"
-    return "int64" if "int64" in (lt, rt) else "null"
-
-
-def _comparable(lt: str, rt: str) -> bool:
-    return lt == rt or "null" in (lt, rt) or (_numeric(lt) and _numeric(rt))
+def _natural(name: str) -> tuple:
+    """Sort key: a service's versions in number order (v2 before v10)."""
+    base, _, version = name.partition(" ")
+    return (base, len(version), version)
 
 
 def _a(kind: str) -> str:
     return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
-
-
-def _arity(spec: AggregationSpec) -> str:
-    if spec.min_args == spec.max_args:
-        n = spec.min_args
-        return f"{n} argument{'s' if n != 1 else ''}"
-    return f"{spec.min_args} to {spec.max_args} arguments"

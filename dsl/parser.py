@@ -77,7 +77,8 @@ def _parse_whole(path: str, text: str, first_line: int) -> ParsedFile:
     return ParsedFile(module, tuple(diagnostics), frozenset())
 
 
-_HEADER = re.compile(r"^(entity|source|view|service)\b[ \t]*([A-Za-z_][A-Za-z0-9_]*)?", re.M)
+_HEADER = re.compile(r"^(entity|source|view|service|import)\b[ \t]*([A-Za-z_][A-Za-z0-9_]*)?",
+                     re.M)
 
 
 def _recover(path: str, text: str, first: Diagnostic) -> ParsedFile:
@@ -165,7 +166,12 @@ class _ToAst(Transformer):
 
     # definitions
     def start(self, meta, children):
-        return ast.Module(self.path, tuple(children))
+        imports = tuple(c for c in children if isinstance(c, ast.Import))
+        definitions = tuple(c for c in children if isinstance(c, ast.Definition))
+        return ast.Module(self.path, definitions, imports)
+
+    def import_def(self, meta, children):
+        return ast.Import(self._string(children[0]), self._at(meta))
 
     def _definition(self, kind, meta, children):
         name, *items = children
@@ -181,7 +187,9 @@ class _ToAst(Transformer):
         return self._definition("view", meta, children)
 
     def service_def(self, meta, children):
-        return self._definition("service", meta, children)
+        name, version, *items = children
+        return ast.Definition("service", self._ident(name), tuple(items), self._at(meta),
+                              self._ident(version) if version is not None else None)
 
     def feature_ref(self, meta, children):
         view, feature = children
@@ -218,7 +226,8 @@ class _ToAst(Transformer):
     def option(self, meta, children):
         name, value = children
         text = self._string(value) if value.type == "STRING" else str(value)
-        return ast.Option(self._ident(name), text, self._at(meta))
+        kind = {"STRING": "string", "NUMBER": "number"}.get(value.type, "name")
+        return ast.Option(self._ident(name), text, kind, self._at(meta))
 
     def timestamp_clause(self, meta, children):
         return ast.TimestampClause(self._ident(children[0]), self._at(meta))
@@ -246,6 +255,9 @@ class _ToAst(Transformer):
 
     def ttl_clause(self, meta, children):
         return ast.TtlClause(children[0], self._at(meta))
+
+    def lateness_clause(self, meta, children):
+        return ast.LatenessClause(children[0], self._at(meta))
 
     def duration(self, meta, children):
         tok = children[0]
@@ -277,7 +289,7 @@ class _ToAst(Transformer):
         return ast.WhereModifier(children[0], self._at(meta))
 
     def over_modifier(self, meta, children):
-        return ast.OverModifier(children[0], self._at(meta))
+        return ast.OverModifier(tuple(children), self._at(meta))
 
     # expressions
     def binary(self, meta, children):
@@ -287,6 +299,21 @@ class _ToAst(Transformer):
     def unary(self, meta, children):
         op, operand = children
         return ast.UnaryOp(str(op), operand, self._at(meta))
+
+    def is_null(self, meta, children):
+        operand, negated, _null = children
+        return ast.IsNull(operand, negated is not None, self._at(meta))
+
+    def cast(self, meta, children):
+        operand, type_ = children
+        return ast.CastExpr(operand, type_, self._at(meta))
+
+    def case(self, meta, children):
+        *whens, else_ = children
+        return ast.CaseExpr(tuple(whens), else_, self._at(meta))
+
+    def when(self, meta, children):
+        return tuple(children)
 
     def column(self, meta, children):
         return ast.ColumnRef(str(children[0]), self._at(meta))
@@ -303,14 +330,14 @@ class _ToAst(Transformer):
             if int(text) > INT64_MAX:
                 self.diagnostics.append(Diagnostic.at(
                     "E106", span, f"integer {text} does not fit in int64"))
-                return ast.Literal(0, "int", span)
-            return ast.Literal(int(text), "int", span)
+                return ast.Literal(0, "int", span, text)
+            return ast.Literal(int(text), "int", span, text)
         value = float(text)
         if math.isinf(value):
             self.diagnostics.append(Diagnostic.at(
                 "E106", span, f"number {text} does not fit in float64"))
             value = 0.0
-        return ast.Literal(value, "float", span)
+        return ast.Literal(value, "float", span, text)
 
     def string(self, meta, children):
         return ast.Literal(self._string(children[0]), "string", self._at(meta))
@@ -410,8 +437,12 @@ def _expected(err: UnexpectedToken, state: ParserState | None) -> set[str]:
 
 
 def _brace_owner(stack: list) -> str:
-    """How to name the block whose '{' ends `stack`: "view 'x'", "'features'"."""
-    toks = [t for t in stack[-2:] if isinstance(t, Token)]
+    """How to name the block whose '{' ends `stack`: "view 'x'", "'features'",
+    "service 'fraud v2'"."""
+    toks = [t for t in stack[-3:] if isinstance(t, Token)]
+    if len(toks) == 3 and toks[0].type == "SERVICE" and toks[1].type == toks[2].type == "NAME":
+        return f"service '{toks[1]} {toks[2]}'"
+    toks = toks[-2:]
     if len(toks) == 2 and toks[1].type == "NAME" and toks[0].type.lower() in ast.KINDS:
         return f"{toks[0]} '{toks[1]}'"
     if toks:
@@ -430,7 +461,7 @@ _NAME_IN_CONTEXT = {
     "service": "a feature reference (view.feature or view.*)",
     "from": "a source name",
     "colon": "a type (string, int64, float64, bool, timestamp)",
-    "connector": "a format such as parquet",
+    "connector": "a connector (parquet, csv, table, query, files, kafka or datagen)",
     "entity-name": "an entity name",
     "source-name": "a source name",
     "view-name": "a view name",
@@ -450,15 +481,17 @@ def _context(stack: list) -> str:
     brace = _open_brace(stack)
     if brace is None:
         return "top"
-    owner = stack[brace - 1] if brace else None
-    if isinstance(owner, Token) and owner.type == "NAME" and brace >= 2:
-        return str(stack[brace - 2].type).lower()
+    i = brace - 1
+    while i >= 0 and isinstance(stack[i], Token) and stack[i].type == "NAME":
+        i -= 1  # the block's name, and a service's version
+    owner = stack[i] if i >= 0 else None
     return str(owner.type).lower() if isinstance(owner, Token) else "top"
 
 
 _CLAUSE_KEYWORDS = {"ENTITY", "FROM", "TILE", "TTL", "FEATURES", "KEY", "TIMESTAMP", "SCHEMA",
-                    "DESCRIPTION", "OWNER", "TAGS", "BATCH", "STREAM"}
-_EXPR_START = {"NAME", "NUMBER", "STRING", "LPAR", "MINUS", "NOT", "TRUE", "FALSE", "NULL"}
+                    "DESCRIPTION", "OWNER", "TAGS", "BATCH", "STREAM", "LATENESS"}
+_EXPR_START = {"NAME", "NUMBER", "STRING", "LPAR", "MINUS", "NOT", "TRUE", "FALSE", "NULL",
+               "CASE", "CAST"}
 _OPERATORS = {"PLUS", "MINUS", "MUL_OP", "COMPARE", "AND", "OR"}
 _WORDS = {"NAME": "a name", "STRING": "a string", "NUMBER": "a number",
           "DURATION": "a duration such as 5m", "COMPARE": "a comparison",
@@ -486,6 +519,9 @@ def describe_expected(expected: set[str], context: str) -> str:
     if {"ENTITY", "SOURCE", "VIEW", "SERVICE"} <= exp:
         exp -= {"ENTITY", "SOURCE", "VIEW", "SERVICE"}
         words.append("a definition (entity, source, view or service)")
+        if "IMPORT" in exp:
+            exp.discard("IMPORT")
+            words.append("an import")
     if "NAME" in exp:
         exp.discard("NAME")
         words.append(_NAME_IN_CONTEXT.get(context, "a name"))
@@ -547,6 +583,10 @@ _MISTAKE_EXAMPLES: list[tuple[str, str | None, list[str]]] = [
      ["view v { features { x = a < b < c } }"]),
     ("a source path must be a string", 'write `batch parquet "data/x/*.parquet"`',
      ["source s { batch parquet data/x }"]),
+    ("a service version is written v1, v2, ...", "write `service fraud v2 { ... }`",
+     ["service s 2 { }", "service s 2.0 { }"]),
+    ("an import names a file in double quotes", 'write `import "common.feat"`',
+     ["import common.feat", "import common"]),
 ]
 
 

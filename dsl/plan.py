@@ -55,6 +55,9 @@ class Binary:
 
 @dataclass(frozen=True)
 class Call:
+    """A scalar function, named as in the DSL: coalesce, abs, round, lower,
+    upper, length, concat, year, month, day, hour, minute, day_of_week, and
+    is_null / is_not_null for `x is [not] null`."""
     func: str
     args: tuple["Expr", ...]
     type: str
@@ -114,6 +117,8 @@ class Entity:
     name: str
     keys: tuple[tuple[str, str], ...]  # (key name, type)
     description: str = ""
+    owner: str = ""
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,8 @@ class Source:
     description: str = ""
     options: tuple[tuple[str, str], ...] = ()   # e.g. (("format", "json"), ("servers", "..."))
     lateness_us: int | None = None     # streams: how late an event may arrive and still count
+    owner: str = ""
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,7 @@ class View:
     aggregations: tuple[Aggregation, ...]
     description: str = ""
     tags: tuple[tuple[str, str], ...] = ()
+    owner: str = ""
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -186,6 +194,13 @@ class Service:
     features: tuple[tuple[str, str], ...]  # (view, feature), in declaration order
     description: str = ""
     version: int | None = None         # `service fraud v2 {...}`: served as "fraud:v2"
+    owner: str = ""
+    tags: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def ref(self) -> str:
+        """The name clients ask for: "fraud", or "fraud:v2" for a version."""
+        return self.name if self.version is None else f"{self.name}:v{self.version}"
 
 
 @dataclass(frozen=True)
@@ -227,22 +242,45 @@ def render_view(v: View, with_docs: bool = True) -> str:
         where = f" where {render_expr(a.where)}" if a.where is not None else ""
         over = f" over {format_duration(a.window_us)}" if a.window_us else ""
         lines.append(f"  agg {a.name}: {a.type} = {a.function}({arg}){where}{over}")
-    if with_docs and v.description:
-        lines.append(f"  description {v.description!r}")
-    if with_docs and v.tags:
-        lines.append("  tags " + ", ".join(f"{k}={val}" for k, val in v.tags))
+    if with_docs:
+        lines += _render_docs(v)
     return "\n".join(lines)
+
+
+def _render_docs(d) -> list[str]:
+    """Description, owner and tags lines of a definition; none when unset."""
+    lines = []
+    if d.description:
+        lines.append(f"  description {d.description!r}")
+    if d.owner:
+        lines.append(f"  owner {d.owner!r}")
+    if d.tags:
+        lines.append("  tags " + ", ".join(f"{k}={val}" for k, val in d.tags))
+    return lines
+
+
+def _render_source(s: Source) -> str:
+    cols = ", ".join(f"{c}: {t}" for c, t in s.schema)
+    extra = "".join(f", {k} {v!r}" for k, v in s.options)
+    if s.lateness_us is not None:
+        extra += f", lateness {format_duration(s.lateness_us) if s.lateness_us else '0s'}"
+    return (f"source {s.name} ({s.kind} {s.format} {s.path!r}{extra}, timestamp {s.timestamp})"
+            f" [{cols}]")
 
 
 def render_plan(p: Plan) -> str:
     out = []
     for e in p.entities:
         out.append(f"entity {e.name} [" + ", ".join(f"{k}: {t}" for k, t in e.keys) + "]")
+        out += _render_docs(e)
     for s in p.sources:
-        cols = ", ".join(f"{c}: {t}" for c, t in s.schema)
-        out.append(f"source {s.name} ({s.kind} {s.format} {s.path!r}, timestamp {s.timestamp}) [{cols}]")
+        out.append(_render_source(s))
+        out += _render_docs(s)
     for v in p.views:
         out.append(render_view(v))
     for s in p.services:
-        out.append(f"service {s.name} [" + ", ".join(f"{v}.{f}" for v, f in s.features) + "]")
+        version = f" v{s.version}" if s.version is not None else ""
+        out.append(f"service {s.name}{version} [" +
+                   ", ".join(f"{v}.{f}" for v, f in s.features) + "]")
+        out += _render_docs(s)
     return "\n".join(out) + "\n"

@@ -9,6 +9,7 @@ import argparse
 import datetime as dt
 import os
 import sys
+import time
 from pathlib import Path
 
 from featurestore import config
@@ -60,6 +61,49 @@ def cmd_check(args) -> None:
         f"({sum(len(v.feature_names) for v in p.views)} features), {len(p.services)} services")
 
 
+def cmd_compile(args) -> None:
+    from featurestore import repo
+    from featurestore.compile import artifacts, write
+
+    cfg = _cfg(args)
+    files = artifacts(repo.require_plan(cfg), cfg.project)
+    out = Path(args.out) if args.out else cfg.state_dir / "compiled"
+    try:
+        write(files, out)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise UserError(f"{e}; choose another --out folder") from None
+    say(f"wrote {len(files)} artifacts to {out}")
+
+
+def cmd_fmt(args) -> None:
+    from dsl import FEATURES_DIR
+    from dsl.format import format_text
+
+    cfg = _cfg(args)
+    changed, broken = [], []
+    for path in sorted((cfg.root / FEATURES_DIR).rglob("*.feat")):
+        rel = path.relative_to(cfg.root).as_posix()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            broken.append(rel)
+            continue
+        new = format_text(rel, text)
+        if new is None:
+            broken.append(rel)
+        elif new != text:
+            changed.append(rel)
+            if not args.check:
+                path.write_text(new, encoding="utf-8")
+    verb = "would reformat" if args.check else "reformatted"
+    say("\n".join(f"{verb} {rel}" for rel in changed) or "all files are formatted")
+    if broken:
+        raise UserError(f"not formatted, unreadable or with syntax errors (see "
+                        f"`featurestore check`): {', '.join(broken)}")
+    if args.check and changed:
+        raise UserError(f"{len(changed)} file(s) need `featurestore fmt`")
+
+
 def cmd_plan(args) -> None:
     from featurestore import repo
 
@@ -88,17 +132,52 @@ def cmd_materialize(args) -> None:
     unknown = sorted(set(views or ()) - {v.name for v in plan.views})
     if unknown:
         raise UserError(f"unknown view(s): {', '.join(unknown)}")
+    if args.start and args.incremental:
+        raise UserError("give --start or --incremental, not both")
     url = repo.redis_url(cfg, say)
     end = parse_time(args.end) if args.end else None
+    start = parse_time(args.start) if args.start else None
+    if start is not None and end is not None and start > end:
+        raise UserError(f"--start {args.start} is after --end {args.end}")
 
     def progress(st) -> None:
-        say(f"  {st.view}: {st.entities:,} entities, {st.tiles:,} tiles, {st.rows:,} rows "
-            f"in {st.seconds:.2f} s")
+        pruned = f", {st.pruned:,} pruned" if st.pruned else ""
+        say(f"  {st.view} ({st.mode}): {st.entities:,} entities, {st.tiles:,} tiles, "
+            f"{st.rows:,} rows{pruned} in {st.seconds:.2f} s")
 
     say(f"materializing into {url}")
-    stats = materialize(plan, cfg.root, cfg.project, url, end_us=end, views=views,
+    stats = materialize(plan, cfg.root, cfg.project, url, start_us=start, end_us=end,
+                        incremental=args.incremental, views=views,
                         memory_limit=cfg.memory_limit, progress=progress)
     say(f"done in {stats.seconds:.2f} s")
+
+
+def cmd_export(args) -> None:
+    from featurestore import repo
+    from featurestore.export import export_to_parquet
+
+    cfg = _cfg(args)
+    plan = repo.require_plan(cfg)
+    labels = Path(args.labels)
+    if not any(labels.parent.glob(labels.name)):
+        raise UserError(f"no labels at {labels}")
+    features = args.features.split(",") if args.features else None
+    last = [0.0]
+
+    def progress(step: str, done: float) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 2.0 or done == 0.0:
+            last[0] = now
+            say(f"  {done:6.1%}  {step}")
+
+    say(f"exporting {labels} -> {args.out}")
+    stats = export_to_parquet(plan, cfg.root, labels, args.out, service=args.service,
+                              features=features, timestamp=args.timestamp,
+                              full_feature_names=args.full_names,
+                              memory_limit=args.memory_limit or cfg.memory_limit,
+                              progress=progress)
+    say(f"wrote {stats.rows:,} rows x {stats.features} features to {stats.path} "
+        f"in {stats.seconds:.1f} s ({stats.rows / max(stats.seconds, 1e-9):,.0f} rows/s)")
 
 
 def cmd_serve(args) -> None:
@@ -145,6 +224,51 @@ def cmd_get(args) -> None:
         say(result.to_pandas().to_string(index=False))
 
 
+def cmd_stream(args) -> None:
+    from featurestore import repo
+    from streaming.job import StreamOptions, stream
+
+    cfg = _cfg(args)
+    plan = repo.require_plan(cfg)
+    conf = {}
+    for item in args.conf:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--conf {item!r}: expected KEY=VALUE")
+        conf[key] = value
+    checkpoints = args.checkpoints or (None if args.jobmanager else
+                                       str(cfg.state_dir / "stream" / "checkpoints"))
+    options = StreamOptions(jobmanager=args.jobmanager, parallelism=args.parallelism,
+                            heap=args.heap, checkpoint_dir=checkpoints,
+                            checkpoint_interval_ms=int(args.checkpoint_interval * 1000),
+                            restore=args.restore, python=args.python, conf=conf)
+    if not cfg.manifest_path.exists():
+        say("note: the repo has not been applied: the server will not serve these views "
+            "until `featurestore apply`")
+    stream(plan, cfg.root, cfg.project, repo.redis_url(cfg, say), options, say, fresh=args.fresh)
+
+
+def cmd_push(args) -> None:
+    from featurestore import repo
+    from streaming.push import PushError, push, read_events
+
+    cfg = _cfg(args)
+    if bool(args.json) == bool(args.file):
+        raise UserError("give exactly one of --json TEXT or --file PATH ('-' for stdin)")
+    if args.file:
+        try:
+            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+        except OSError as e:
+            raise UserError(f"cannot read {args.file}: {e}") from None
+    else:
+        text = args.json
+    try:
+        path, n = push(repo.require_plan(cfg), cfg.root, args.name, read_events(text))
+    except PushError as e:
+        raise UserError(str(e)) from None
+    say(f"pushed {n} event{'s' if n != 1 else ''} to {path.relative_to(cfg.root)}")
+
+
 def cmd_quickstart(args) -> None:
     from featurestore.quickstart import run
 
@@ -172,11 +296,30 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb("init", cmd_init, "scaffold a feature repo", repo=False)
     s.add_argument("dir", help="folder to create")
     verb("check", cmd_check, "parse and type-check the .feat files")
+    s = verb("compile", cmd_compile, "write every backend's artifacts (plan, SQL, Feast, Redis)")
+    s.add_argument("--out", help="folder for the artifacts (default .featurestore/compiled)")
+    s = verb("fmt", cmd_fmt, "rewrite the .feat files in the canonical layout")
+    s.add_argument("--check", action="store_true",
+                   help="change nothing; exit 1 if a file is not formatted")
     verb("plan", cmd_plan, "show what `apply` would change in the registry")
     verb("apply", cmd_apply, "write the definitions to the Feast registry")
     s = verb("materialize", cmd_materialize, "compute features with DuckDB and write them to Redis")
     s.add_argument("--end", help="materialize as of this time (ISO 8601, UTC); default now")
+    s.add_argument("--start", help="read only events from this time on (ISO 8601, UTC); "
+                                   "the tiles they touch are recomputed and merged")
+    s.add_argument("--incremental", action="store_true",
+                   help="continue from each view's last run (its watermark)")
     s.add_argument("--views", help="comma-separated views (default all)")
+    s = verb("export", cmd_export, "write a point-in-time training set to Parquet")
+    s.add_argument("--labels", required=True,
+                   help="Parquet file (or glob) of labels: entity keys, a timestamp, any columns")
+    s.add_argument("--service", help="export every feature of this feature service")
+    s.add_argument("--features", help="or these comma-separated VIEW:FEATURE refs")
+    s.add_argument("--out", required=True, help="the Parquet file to write")
+    s.add_argument("--timestamp", help="the labels' time column (default event_timestamp, "
+                                       "or the only timestamp column)")
+    s.add_argument("--full-names", action="store_true", help="name columns VIEW__FEATURE")
+    s.add_argument("--memory-limit", help="DuckDB memory limit, e.g. 2GB (default batch.memory_limit)")
     s = verb("serve", cmd_serve, "run the gRPC feature server")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
@@ -190,6 +333,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", help="server HOST:PORT (default: the repo's serving settings)")
     s.add_argument("--timeout", type=float, default=5.0)
     s.add_argument("--api-key", help="API key (default: first of FEATURESTORE_API_KEYS)")
+    s = verb("stream", cmd_stream, "run the streaming job of the stream views (PyFlink)")
+    s.add_argument("--jobmanager", metavar="HOST:PORT",
+                   help="submit to this Flink cluster's REST API (default: a local MiniCluster)")
+    s.add_argument("--parallelism", type=int, default=1)
+    s.add_argument("--checkpoints", metavar="DIR_OR_URI",
+                   help="checkpoint storage (default .featurestore/stream/checkpoints locally; "
+                        "the cluster's setting with --jobmanager)")
+    s.add_argument("--checkpoint-interval", type=float, default=10.0, metavar="SECONDS")
+    s.add_argument("--restore", metavar="PATH",
+                   help="start from this checkpoint or savepoint (default: the newest local one)")
+    s.add_argument("--fresh", action="store_true",
+                   help="forget the job's checkpoints: read the sources from the beginning")
+    s.add_argument("--heap", default="1g", help="JVM heap of the local MiniCluster")
+    s.add_argument("--python", help="Python of the cluster's workers (with --jobmanager)")
+    s.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="any Flink setting, e.g. state.backend.type=rocksdb")
+    s = verb("push", cmd_push, "append events to a `stream files` source (for local use)")
+    s.add_argument("name", help="the source, or a view over it")
+    s.add_argument("--json", help="one event, a JSON array of events, or JSON lines")
+    s.add_argument("--file", help="a file of events in the same forms ('-': stdin)")
     s = verb("quickstart", cmd_quickstart, "run the whole pipeline on generated data", repo=False)
     s.add_argument("dir", nargs="?", default="quickstart", help="folder for the example repo")
     s.add_argument("--events", type=int, default=1_000_000)
@@ -208,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # a user-facing failure of a dependency (Redis down, server gone)
         name = type(e).__module__.split(".")[0]
-        if name in ("redis", "grpc"):
+        if name in ("redis", "grpc", "duckdb", "_duckdb"):
             print(f"error: {name}: {e}", file=sys.stderr)
             return 1
         raise

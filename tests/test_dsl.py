@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dsl import CODES, CompileResult, Diagnostic, compile_files, compile_repo
-from dsl.checker import AGGREGATIONS
+from dsl.checker import AGGREGATIONS, SUPPORTED_AGGREGATIONS
 
 CASES = Path(__file__).parent / "dsl_cases"
 PRELUDE = "_prelude.feat"
@@ -54,6 +54,7 @@ service fraud_v1 { user_spend.*, user_spend.purchases_1h }
 
 EXAMPLE_PLAN = """\
 entity user [user_id: string]
+  description 'A buyer'
 source purchases (batch parquet 'data/purchases/*.parquet', timestamp event_time) \
 [user_id: string, item_id: int64, amount: float64, category: string, event_time: timestamp]
 view user_spend (entity user [user_id: string], source purchases)
@@ -162,7 +163,8 @@ source purchases {
     ("(1 + 2) * 3", "((1 + 2) * 3)", "int64"),
     ('"a\\"b"', '"a\\"b"', "string"),
     ("event_time", "event_time", "timestamp"),
-    ("amount = null", "(amount = null)", "bool"),
+    ("amount is null", "is_null(amount)", "bool"),
+    ("amount is not null", "is_not_null(amount)", "bool"),
 ])
 def test_feature_types(feature, rendered, type_):
     text = SOURCE + f"view v {{ entity user from purchases tile 1h features {{ f = {feature} }} }}"
@@ -179,9 +181,12 @@ def test_string_escapes():
     assert expr.value == 'q"b\\n\té'
 
 
-@pytest.mark.parametrize("name", [n for n, s in AGGREGATIONS.items() if s.result is None])
-def test_later_aggregations_are_recognised_but_not_supported(name):
+@pytest.mark.parametrize("name", sorted(AGGREGATIONS))
+def test_every_aggregation_is_typed_and_gated_in_one_place(name, monkeypatch):
     text = SOURCE + f"view v {{ entity user from purchases tile 1h features {{ f = {name}(amount) }} }}"
+    result = compile_one(text)
+    assert result.ok == (name in SUPPORTED_AGGREGATIONS)
+    monkeypatch.setattr("dsl.checker.SUPPORTED_AGGREGATIONS", SUPPORTED_AGGREGATIONS - {name})
     result = compile_one(text)
     assert codes(result) == ["E404"]
     assert result.diagnostics[0].message == f"aggregation '{name}' is not supported yet"
@@ -376,7 +381,9 @@ DSL_PIECES = ["entity", "source", "view", "service", "key", "from", "where", "ov
               "features", "schema", "timestamp", "batch", "parquet", "tags", "description",
               "count()", "sum(amount)", "{", "}", "(", ")", "=", "==", ":", ",", ".", "*", "5m",
               "5", "1.5", '"s"', '"', "\\", "#", "\n", " ", "and", "not", "null", "true", "<",
-              "list<float32>", "user", "amount", "@", "-", "\t", "\r"]
+              "list<float32>", "user", "amount", "@", "-", "\t", "\r", "import", "case", "when",
+              "then", "else", "end", "cast(", "as", "is", "lateness", "stream", "kafka", "files",
+              "datagen", "topic", "owner", "v2", "1h, 1d", "if(", "coalesce(", "year(", "%"]
 
 
 def _mutate(text: str, edits: list[tuple[int, int, str]]) -> str:
@@ -421,3 +428,14 @@ def test_fuzz_mutated_example_never_raises(edits):
 @given(st.text(max_size=200))
 def test_fuzz_arbitrary_text_never_raises(text):
     _compiles_to_diagnostics(text)
+
+
+VALID_FILES = sorted((Path(__file__).parent / "example_repos").rglob("*.feat"))
+
+
+@FUZZ
+@given(st.sampled_from(VALID_FILES),
+       st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 8),
+                          st.sampled_from(DSL_PIECES + [""])), min_size=1, max_size=4))
+def test_fuzz_mutated_valid_files_never_raise(path, edits):
+    _compiles_to_diagnostics(_mutate(path.read_text(), edits))

@@ -5,19 +5,23 @@ them. Every query reads a view's rows through `view_rows_sql`, so the filter,
 the event-time conversion and the tie-break order are written once.
 
 Columns added to a view's rows:
-    __ts    event time in epoch microseconds (UTC)
+    __ts    event time in epoch microseconds (UTC), rounded down
     __tile  start of the row's tile in epoch microseconds
-    __ord   position in the input (file name, row number): the later of two
-            rows with the same __ts is the one read later, deterministically
+
+Ties on __ts never depend on the order rows are read in (a stream has no
+such order): the latest row is chosen by `latest_struct_sql`, and tile states
+follow `featurestore.tiles`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from dsl.plan import Binary, Call, Column, Expr, Literal, Source, Unary, View
+from dsl.plan import (Aggregation, Binary, Call, Case, Cast, Column, Expr, Literal, Source, Unary,
+                      View)
+from featurestore import layout, tiles
 
 _TYPES = {"string": "VARCHAR", "int64": "BIGINT", "float64": "DOUBLE", "bool": "BOOLEAN",
-          "timestamp": "TIMESTAMP"}
+          "timestamp": "TIMESTAMP", "float32": "FLOAT", "int32": "INTEGER"}
 _BINARY = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "+": "+",
            "-": "-", "*": "*", "%": "%", "and": "AND", "or": "OR"}
 
@@ -42,6 +46,15 @@ def literal(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+def sql_type(t: str) -> str:
+    """The DuckDB type of a DSL type: `list<float32>` is FLOAT[]."""
+    if t.startswith("list<") and t.endswith(">"):
+        return sql_type(t[5:-1]) + "[]"
+    if t not in _TYPES:
+        raise Unsupported(f"type {t!r}")
+    return _TYPES[t]
+
+
 def expr_sql(e: Expr) -> str:
     """SQL for a typed expression; every node is parenthesized, so precedence
     is the plan's, never DuckDB's."""
@@ -58,83 +71,315 @@ def expr_sql(e: Expr) -> str:
         if e.op not in _BINARY:
             raise Unsupported(f"operator {e.op!r}")
         return f"({expr_sql(e.left)} {_BINARY[e.op]} {expr_sql(e.right)})"
+    if isinstance(e, Cast):
+        return cast_sql(e.operand, e.type)
+    if isinstance(e, Case):
+        whens = " ".join(f"WHEN {expr_sql(c)} THEN {expr_sql(v)}" for c, v in e.whens)
+        tail = f" ELSE {expr_sql(e.else_)}" if e.else_ is not None else ""
+        return f"(CASE {whens}{tail} END)"
     if isinstance(e, Call):
-        args = ", ".join(expr_sql(a) for a in e.args)
-        return f"{e.func}({args})"
+        if e.func not in _FUNCTIONS:
+            raise Unsupported(f"function {e.func!r}")
+        return _FUNCTIONS[e.func](e, [expr_sql(a) for a in e.args])
     raise Unsupported(f"expression {type(e).__name__}")
+
+
+def _date_part(part: str):
+    return lambda e, args: f"{part}({args[0]})"
+
+
+# DSL function -> SQL, given the call and its arguments' SQL. `concat` uses
+# `||`, which is null when any part is null, as in the DSL (DuckDB's concat()
+# would skip nulls); day_of_week is ISO: Monday 1 .. Sunday 7.
+_FUNCTIONS = {
+    "is_null": lambda e, a: f"({a[0]} IS NULL)",
+    "is_not_null": lambda e, a: f"({a[0]} IS NOT NULL)",
+    "coalesce": lambda e, a: f"coalesce({', '.join(a)})",
+    "abs": lambda e, a: f"abs({a[0]})",
+    "round": lambda e, a: f"round({', '.join(a)})",
+    "lower": lambda e, a: f"lower({a[0]})",
+    "upper": lambda e, a: f"upper({a[0]})",
+    "length": lambda e, a: f"len({a[0]})" if e.args[0].type.startswith("list<")
+    else f"length({a[0]})",
+    "concat": lambda e, a: "(" + " || ".join(a) + ")",
+    **{part: _date_part(part) for part in ("year", "month", "day", "hour", "minute")},
+    "day_of_week": _date_part("isodow"),
+}
+
+
+def cast_sql(operand: Expr, to: str) -> str:
+    """`cast(x as T)` with the DSL's meaning: a value that does not convert is
+    null, never an error; float64 -> int64 truncates toward zero; text
+    converts only when it spells a value of the type (whole numbers for
+    int64, true/false for bool), surrounding spaces ignored."""
+    x, frm = expr_sql(operand), operand.type
+    if frm == to:
+        return x
+    if frm == "null":
+        return f"CAST(NULL AS {sql_type(to)})"
+    if to == "int64" and frm == "float64":
+        return f"TRY_CAST(trunc({x}) AS BIGINT)"
+    if to == "int64" and frm == "string":
+        return (f"(CASE WHEN regexp_full_match(trim({x}), '[+-]?[0-9]+') "
+                f"THEN TRY_CAST(trim({x}) AS BIGINT) END)")
+    if to == "bool" and frm == "string":
+        return f"(CASE lower(trim({x})) WHEN 'true' THEN TRUE WHEN 'false' THEN FALSE END)"
+    if to == "bool" and frm == "int64":
+        return f"({x} <> 0)"
+    if frm == "string":
+        return f"TRY_CAST(trim({x}) AS {sql_type(to)})"
+    return f"CAST({x} AS {sql_type(to)})"
 
 
 def value_sql(sql: str, type: str) -> str:
     """A value as it is stored: timestamps become epoch microseconds."""
-    return f"epoch_us(CAST({sql} AS TIMESTAMP))" if type == "timestamp" else sql
+    return epoch_us_sql(sql) if type == "timestamp" else sql
 
 
-def floor_to(ts: str, step_us: int) -> str:
+def floor_to(ts: str, step_us: int | str) -> str:
     """floor(ts / step) * step for any sign (DuckDB's % truncates toward zero)."""
     return f"({ts} - ((({ts} % {step_us}) + {step_us}) % {step_us}))"
 
 
 def source_sql(source: Source, root: Path) -> str:
-    if source.kind != "batch" or source.format != "parquet":
+    """The rows of a batch source, with the `filename` and `file_row_number`
+    columns that order ties; a table source needs `attach_sql` run first."""
+    if source.kind != "batch" or source.format not in ("parquet", "csv", "table", "query"):
         raise Unsupported(f"source {source.name}: {source.kind} {source.format}")
-    path = source.path if Path(source.path).is_absolute() else str(root / source.path)
-    return f"read_parquet({literal(path)}, filename = true, file_row_number = true)"
+    if source.format == "parquet":
+        return f"read_parquet({literal(_path(source.path, root))}, filename = true, " \
+               "file_row_number = true)"
+    if source.format == "csv":
+        opts = dict(source.options)
+        args = "".join(f", {k} = {literal(opts[o])}" for o, k in
+                       (("delimiter", "delim"), ("header", "header")) if o in opts)
+        rows = f"read_csv({literal(_path(source.path, root))}, filename = true{args})"
+        return f"(SELECT *, row_number() OVER () AS file_row_number FROM {rows})"
+    if source.format == "table":
+        rows = ".".join(ident(part) for part in (_alias(source), *source.path.split(".")))
+    else:
+        rows = f"({source.path})"
+    # One input, read in order: its row number breaks ties.
+    return f"(SELECT *, '' AS filename, row_number() OVER () AS file_row_number FROM {rows})"
+
+
+def attach_sql(source: Source, root: Path) -> str | None:
+    """The ATTACH statement a table source needs before `source_sql` (read-only)."""
+    if source.format != "table":
+        return None
+    database = _path(dict(source.options)["database"], root)
+    return f"ATTACH IF NOT EXISTS {literal(database)} AS {ident(_alias(source))} (READ_ONLY)"
+
+
+def _alias(source: Source) -> str:
+    return f"{source.name}_db"
+
+
+def _path(path: str, root: Path) -> str:
+    return path if Path(path).is_absolute() else str(root / path)
 
 
 def view_rows_sql(view: View, source: Source, root: Path, end_us: int,
                   start_us: int | None = None) -> str:
     """Rows of a view (after its filter) with start_us <= __ts <= end_us."""
-    ts = f"epoch_us(CAST({ident(source.timestamp)} AS TIMESTAMP))"
     conds = [f"__ts <= {end_us}"]
     if start_us is not None:
         conds.append(f"__ts >= {start_us}")
     if view.filter is not None:
         conds.append(f"({expr_sql(view.filter)}) IS TRUE")
     return (f"SELECT *, {floor_to('__ts', view.tile_us)} AS __tile FROM ("
-            f"SELECT *, {ts} AS __ts, [filename, CAST(file_row_number AS VARCHAR)] AS __ord "
+            f"SELECT *, {epoch_us_sql(ident(source.timestamp))} AS __ts "
             f"FROM {source_sql(source, root)}) WHERE " + " AND ".join(conds))
 
 
-def state_columns(view: View) -> list[str]:
-    """SQL expressions of the partial states of every aggregation, per tile, in
-    the order `featurestore.tiles` expects (avg takes two columns)."""
-    cols: list[str] = []
-    for a in view.aggregations:
-        where = f" FILTER (WHERE ({expr_sql(a.where)}) IS TRUE)" if a.where is not None else ""
-        arg = expr_sql(a.arg) if a.arg is not None else None
-        if a.function == "count":
-            cols.append(f"count({arg or '*'}){where}")
-        elif a.function == "sum":
-            cols.append(f"sum({arg}){where}")
-        elif a.function in ("min", "max"):
-            cols.append(value_sql(f"{a.function}({arg}){where}", a.type))
-        elif a.function == "avg":
-            cols.append(f"sum(CAST({arg} AS DOUBLE)){where}")
-            cols.append(f"count({arg}){where}")
-        else:
-            raise Unsupported(f"aggregation {a.function!r} in view {view.name}")
-    return cols
+def epoch_us_sql(sql: str) -> str:
+    """Epoch microseconds of a timestamp of any precision, rounded down (toward
+    the past, for any sign): times have microsecond precision (DESIGN.md), and
+    a finer part is dropped the same way for events and for label times.
+    epoch_us() truncates toward zero, which is rounding down from 1970 on."""
+    ns = f"epoch_ns(CAST({sql} AS TIMESTAMP_NS))"
+    return (f"(CASE WHEN {sql} >= TIMESTAMP '1970-01-01' THEN epoch_us({sql}) "
+            f"ELSE ({ns} - ((({ns} % 1000) + 1000) % 1000)) // 1000 END)")
 
 
-def tiles_sql(view: View, source: Source, root: Path, end_us: int,
-              start_us: int | None) -> str:
-    """One row per (entity, tile) with tile start >= start_us: keys, __tile,
-    then the state columns s0, s1, ...; ordered by entity then tile."""
+def floor_div(sql: str, step: int | str) -> str:
+    """floor(sql / step) for any sign (DuckDB's // truncates toward zero)."""
+    return f"(({floor_to(sql, step)}) // {step})"
+
+
+# ----------------------------------------------------- tile states (tiles.py)
+# The DuckDB rendering of `featurestore.tiles`: its per-row inputs, its
+# reducers, and the JSON of a tile. Column names: i<k>_<input> for inputs and
+# s<k>_<column> for states, k the aggregation's position in the view.
+
+_F64 = "::DOUBLE"
+_INPUTS = {
+    "row": lambda x, t, k: "1",
+    "value": lambda x, t, k: _value(x, t),
+    "int": lambda x, t, k: x,
+    "hi": lambda x, t, k: f"CASE WHEN abs({x}) < 9223372036854775808.0{_F64} "
+                          f"THEN CAST(trunc({x}) AS BIGINT) END",
+    "lo": lambda x, t, k: f"CASE WHEN abs({x}) < 9223372036854775808.0{_F64} THEN CAST(trunc("
+                          f"({x} - trunc({x})) * 4611686018427387904.0{_F64}) AS BIGINT) END",
+    "out63": lambda x, t, k: f"CASE WHEN NOT (abs({x}) < 9223372036854775808.0{_F64}) THEN 1 END",
+    "fixed": lambda x, t, k: _fixed(x, t),
+    "a2": lambda x, t, k: f"((i{k}_fixed >> 32) * (i{k}_fixed >> 32))",
+    "ab": lambda x, t, k: f"((i{k}_fixed >> 32) * (i{k}_fixed & 4294967295))",
+    "b2": lambda x, t, k: f"(CAST(i{k}_fixed & 4294967295 AS HUGEINT) * (i{k}_fixed & 4294967295))",
+    "out31": lambda x, t, k: f"CASE WHEN NOT (abs({x}) < 2147483648.0{_F64}) THEN 1 END",
+    "ts_value": lambda x, t, k: f"CASE WHEN {x} IS NOT NULL "
+                                f"THEN {{'t': __ts, 'v': {_value(x, t)}}} END",
+}
+_REDUCE = {"count": "count({})", "sum": "sum({})", "min": "min({})", "max": "max({})",
+           "set": "list_sort(list(DISTINCT {0}) FILTER (WHERE {0} IS NOT NULL))"}
+_MERGE = {"count": "sum({})", "sum": "sum({})", "min": "min({})", "max": "max({})"}
+
+
+def _fixed(x: str, type_: str) -> str:
+    """The `fixed` input: int64 as it is, float64 * 2**32 truncated."""
+    if type_ != "float64":
+        return x
+    return (f"CASE WHEN abs({x}) < 2147483648.0{_F64} "
+            f"THEN CAST(trunc({x} * 4294967296.0{_F64}) AS BIGINT) END")
+
+
+def _value(x: str, type_: str) -> str:
+    """The `value` input: float zeros made +0.0, timestamps as epoch µs."""
+    if type_ in ("float64", "float32"):
+        return f"(CAST({x} AS DOUBLE) + 0.0)"
+    return epoch_us_sql(x) if type_ == "timestamp" else x
+
+
+def tile_aggregation(a: Aggregation) -> tiles.Aggregation:
+    """The tile state of a plan aggregation."""
+    try:
+        return tiles.aggregation(a.function, a.arg.type if a.arg is not None else None)
+    except ValueError as e:
+        raise Unsupported(str(e)) from None
+
+
+def state_inputs_sql(view: View, indexes: list[int] | None = None) -> list[str]:
+    """`<sql> AS i<k>_<input>` for the per-row input of every state column of
+    aggregations `indexes` (default all); an input is null on rows where the
+    aggregation's `where` is not true."""
+    out = []
+    for k, a in enumerate(view.aggregations):
+        if indexes is not None and k not in indexes:
+            continue
+        x = expr_sql(a.arg) if a.arg is not None else "NULL"
+        t = a.arg.type if a.arg is not None else None
+        for c in tile_aggregation(a).columns:
+            sql = _INPUTS[c.input](x, t, k)
+            if a.where is not None and c.input not in ("a2", "ab", "b2"):  # those read i<k>_fixed
+                sql = f"CASE WHEN ({expr_sql(a.where)}) IS TRUE THEN {sql} END"
+            out.append(f"{sql} AS i{k}_{c.input}")
+    return out
+
+
+def tile_states_sql(view: View, indexes: list[int] | None = None) -> list[str]:
+    """`<reducer> AS s<k>_<column>` over the inputs, per (entity, tile), for
+    aggregations `indexes` (default all)."""
+    return [f"{_REDUCE[c.reduce].format(f'i{k}_{c.input}')} AS s{k}_{c.name}"
+            for k, a in enumerate(view.aggregations) if indexes is None or k in indexes
+            for c in tile_aggregation(a).columns]
+
+
+def merge_states_sql(view: View, indexes: list[int]) -> list[str]:
+    """`<reducer> AS s<k>_<column>` merging tile states of aggregations
+    `indexes` (sets are merged by the caller: they need an unnest)."""
+    return [f"{_MERGE[c.reduce].format(f's{k}_{c.name}')} AS s{k}_{c.name}"
+            for k in indexes for c in tile_aggregation(view.aggregations[k]).columns
+            if c.reduce != "set"]
+
+
+def tile_json_sql(view: View) -> str:
+    """The JSON tile value (`layout.encode_tile` of the states) from the
+    s<k>_<column> columns."""
+    states = []
+    for k, a in enumerate(view.aggregations):
+        agg = tile_aggregation(a)
+        vtype = agg.input_type
+        cols = [_state_json(f"s{k}_{c.name}", c, vtype) for c in agg.columns]
+        states.append(cols[0] if agg.bare else layout.sql_json_array(cols))
+    return layout.sql_json_array(states)
+
+
+def _state_json(col: str, c: tiles.StateColumn, vtype: str | None) -> str:
+    if c.reduce in ("count", "sum"):
+        return layout.sql_json(col, "int")
+    if c.reduce == "set":
+        return f"CASE WHEN {col} IS NULL THEN '[]' ELSE {layout.sql_json_list(col, vtype)} END"
+    if c.input == "ts_value":
+        return (f"CASE WHEN {col} IS NULL THEN 'null' ELSE '[' || CAST({col}.t AS VARCHAR) || ',' "
+                f"|| {layout.sql_json(f'{col}.v', vtype)} || ']' END")
+    return layout.sql_json(col, vtype)
+
+
+def tiles_sql(view: View, source: Source, root: Path, end_us: int | str,
+              start_us: int | str | None) -> str:
+    """One row per (entity, tile) with tile start >= start_us (a tile start)
+    and rows up to end_us: keys, __tile, then the states s<k>_<column>."""
     keys = ", ".join(ident(k) for k, _ in view.keys)
-    states = ", ".join(f"{c} AS s{i}" for i, c in enumerate(state_columns(view)))
-    lower = None if start_us is None else start_us
-    return (f"SELECT {keys}, __tile, {states} "
-            f"FROM ({view_rows_sql(view, source, root, end_us, lower)}) "
-            f"GROUP BY {keys}, __tile ORDER BY {keys}, __tile")
+    inputs = ", ".join(state_inputs_sql(view))
+    return (f"SELECT {keys}, __tile, {', '.join(tile_states_sql(view))} "
+            f"FROM (SELECT {keys}, __tile, __ts, {inputs} "
+            f"FROM ({view_rows_sql(view, source, root, end_us, start_us)})) "
+            f"GROUP BY {keys}, __tile")
 
 
-def latest_rows_sql(view: View, source: Source, root: Path, end_us: int,
-                    start_us: int | None) -> str:
+# ----------------------------------------------------- latest rows
+def row_values_sql(view: View) -> list[str]:
+    """`<sql> AS f<i>`: the stored value of every row feature."""
+    return [f"{value_sql(expr_sql(f.expr), f.type)} AS f{i}"
+            for i, f in enumerate(view.row_features)]
+
+
+def latest_struct_sql(view: View, with_ts: bool) -> str:
+    """max() of this struct picks the latest row: greatest __ts, then ties on
+    __ts broken by the row-feature values in order (a null below any value),
+    then by the sign of float zeros (-0.0 above 0.0, which compare equal), so
+    the choice never depends on the order rows are read in. Read the values
+    back with `latest_values_sql` (max() returns -0.0 as 0.0)."""
+    fields = ["'ts': __ts"] if with_ts else []
+    for i in range(len(view.row_features)):
+        fields += [f"'k{i}': f{i} IS NOT NULL", f"'v{i}': f{i}"]
+    fields += [f"'z{i}': signbit(f{i})" for i, f in enumerate(view.row_features)
+               if f.type in ("float64", "float32")]
+    return "max({" + ", ".join(fields) + "})"
+
+
+def latest_values_sql(view: View, struct: str) -> list[str]:
+    """`<sql> AS f<i>`: the row features out of a `latest_struct_sql` value."""
+    out = []
+    for i, f in enumerate(view.row_features):
+        value = f"{struct}.v{i}"
+        if f.type in ("float64", "float32"):
+            value = (f"CASE WHEN {struct}.z{i} AND {value} = 0 THEN CAST('-0.0' AS DOUBLE) "
+                     f"ELSE {value} END")
+        out.append(f"{value} AS f{i}")
+    return out
+
+
+def latest_rows_sql(view: View, source: Source, root: Path, end_us: int | str,
+                    start_us: int | str | None) -> str:
     """The latest row per entity with start_us <= __ts <= end_us: keys, __ts,
-    then one column per row feature (f0, f1, ...)."""
+    then one column per row feature (f0, f1, ...).
+
+    Most entities have one row at their latest __ts: the GROUP BY only finds
+    which row (its id), and the row is read back as it is. Entities with
+    several rows there (max_by finds a second one) go through
+    `latest_struct_sql`, which breaks the tie by value."""
     keys = ", ".join(ident(k) for k, _ in view.keys)
-    feats = "".join(f", {value_sql(expr_sql(f.expr), f.type)} AS f{i}" for i, f in enumerate(view.row_features))
-    return (f"SELECT {keys}, __ts{feats} "
-            f"FROM ({view_rows_sql(view, source, root, end_us, start_us)}) "
-            f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY __ts DESC, __ord DESC) = 1 "
-            f"ORDER BY {keys}")
+    fs = ", ".join(f"f{i}" for i in range(len(view.row_features)))
+    rows = (f"SELECT {keys}, __ts, {', '.join(row_values_sql(view))} "
+            f"FROM ({view_rows_sql(view, source, root, end_us, start_us)})")
+    last = (f"SELECT {keys}, max(__ts) AS __ts, max_by(__ts, __ts, 2) AS __top, "
+            f"arg_max(__id, __ts) AS __id FROM __rows GROUP BY {keys}")
+    single = f"SELECT __id FROM __last WHERE len(__top) = 1 OR __top[2] < __ts"
+    tied = f"SELECT {keys} FROM __last WHERE len(__top) = 2 AND __top[2] = __ts"
+    return (f"WITH __rows AS MATERIALIZED (SELECT *, row_number() OVER () AS __id FROM ({rows})), "
+            f"__last AS ({last}) "
+            f"SELECT {keys}, __ts, {fs} FROM __rows SEMI JOIN ({single}) USING (__id) "
+            f"UNION ALL SELECT {keys}, __w.ts AS __ts, {', '.join(latest_values_sql(view, '__w'))} "
+            f"FROM (SELECT {keys}, {latest_struct_sql(view, True)} AS __w FROM __rows "
+            f"SEMI JOIN ({tied}) USING ({keys}) GROUP BY {keys})")

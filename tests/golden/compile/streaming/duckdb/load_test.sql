@@ -1,0 +1,4 @@
+-- view load_test: the queries `featurestore materialize` runs
+-- parameters: $start_us, $end_us (epoch microseconds, UTC)
+
+-- not computed by DuckDB: source synthetic: stream datagen
