@@ -1,12 +1,16 @@
-"""The Redis layout, version 1: the one place that knows how keys and values look.
+"""The Redis layout, version 2: the one place that knows how keys and values look.
 
 Every writer (batch materialize, the streaming sink) and the server import this
-module; nothing else builds a key or decodes a value.
+module; nothing else builds a key or decodes a value. Version 2 changed the
+tile states to exact ones (`featurestore.tiles`); keys of version 1 (`fs1:`)
+are never read.
 
 Keys (UTF-8):
 
-    fs1:<project>:<view>:<fingerprint>:{<entity key>}:r   latest row of the view
-    fs1:<project>:<view>:<fingerprint>:{<entity key>}:t   tiles of the view (a hash)
+    fs2:<project>:<view>:<fingerprint>:{<entity key>}:r   latest row of the view
+    fs2:<project>:<view>:<fingerprint>:{<entity key>}:t   tiles of the view (a hash)
+    fs2:<project>:<view>:<fingerprint>:materialized       the batch watermark (JSON)
+    fs2:<project>:<view>:<fingerprint>:dropped            events the stream dropped (a hash)
 
 * `<fingerprint>` hashes the view's definition, so a changed view never reads
   state written under an older one.
@@ -24,13 +28,22 @@ Values:
 * tiles hash field = tile start in epoch microseconds (decimal ASCII); value =
   compact JSON list of partial states, one per aggregation in view order
   (see `featurestore.tiles`).
+* watermark `{"end_us": E}`: batch materialization has written every event
+  with ts <= E (`featurestore materialize --incremental` continues after E).
+
+JSON text is Python's `json.dumps(separators=(",", ":"), ensure_ascii=False)`:
+floats in their shortest round-trip form (`repr`), NaN and infinities as
+NaN/Infinity/-Infinity, strings with only quotes, backslashes and control characters
+escaped. The SQL encoders at the end of this module produce the same bytes
+inside DuckDB, so that batch writes need no Python per value; the tests pin
+the equality.
 """
 from __future__ import annotations
 
 import json
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 PREFIX = f"fs{LAYOUT_VERSION}"
 
 _ESCAPES = {"%": "%25", "|": "%7C", "{": "%7B", "}": "%7D", ":": "%3A"}
@@ -64,6 +77,29 @@ def tiles_key(project: str, view: str, fingerprint: str, entity_key: str) -> byt
     return _key(project, view, fingerprint, entity_key, "t")
 
 
+def watermark_key(project: str, view: str, fingerprint: str) -> bytes:
+    return f"{PREFIX}:{project}:{view}:{fingerprint}:materialized".encode()
+
+
+def dropped_key(project: str, view: str, fingerprint: str) -> bytes:
+    """Hash of the events the streaming job dropped for the view: field
+    `<reason>:<hour start µs>`, value the count (decimal ASCII)."""
+    return f"{PREFIX}:{project}:{view}:{fingerprint}:dropped".encode()
+
+
+def dropped_field(reason: str, hour_us: int) -> bytes:
+    return f"{reason}:{int(hour_us)}".encode()
+
+
+def dropped_totals(raw: Mapping[bytes, bytes]) -> dict[str, int]:
+    """Reason -> events dropped, summed over hours, from a `dropped_key` hash."""
+    totals: dict[str, int] = {}
+    for field, count in raw.items():
+        reason = field.decode().partition(":")[0]
+        totals[reason] = totals.get(reason, 0) + int(count)
+    return totals
+
+
 def tile_field(tile_start_us: int) -> bytes:
     return str(int(tile_start_us)).encode()
 
@@ -90,3 +126,105 @@ def encode_tile(states: Sequence[object]) -> bytes:
 
 def decode_tile(raw: bytes) -> list:
     return json.loads(raw)
+
+
+def decode_tiles(raw: Mapping[bytes, bytes]) -> tuple[list[int], list[list]]:
+    """All tiles of one hash (as HGETALL returns it), in ascending start order:
+    the starts and the state lists. One JSON parse for the whole hash."""
+    if not raw:
+        return [], []
+    starts = [int(f) for f in raw]
+    states = json.loads(b"[" + b",".join(raw.values()) + b"]")
+    if len(starts) > 1:
+        order = sorted(range(len(starts)), key=starts.__getitem__)
+        starts = [starts[i] for i in order]
+        states = [states[i] for i in order]
+    return starts, states
+
+
+def encode_watermark(end_us: int) -> bytes:
+    return _dumps({"end_us": int(end_us)}).encode()
+
+
+def decode_watermark(raw: bytes | None) -> int | None:
+    return None if raw is None else int(json.loads(raw)["end_us"])
+
+
+# ------------------------------------------------------------------ SQL side
+# DuckDB expressions that build the same bytes as the encoders above, from
+# SQL values: keys and JSON text for millions of rows without Python per row.
+
+def sql_text(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def sql_entity_key(columns: Sequence[tuple[str, str]]) -> str:
+    """`encode_entity_key` of key columns given as (SQL expression, type)."""
+    parts = []
+    for sql, type_ in columns:
+        if type_ == "string":
+            for char, escaped in _ESCAPES.items():  # "%" first, as in the table
+                sql = f"replace({sql}, {sql_text(char)}, {sql_text(escaped)})"
+            parts.append(sql)
+        elif type_ == "int64":
+            parts.append(f"CAST({sql} AS VARCHAR)")
+        else:
+            raise TypeError(f"entity key values must be strings or integers, not {type_}")
+    return " || '|' || ".join(parts)
+
+
+def sql_key(project: str, view: str, fingerprint: str, entity_key_sql: str, kind: str) -> str:
+    """`row_key` (kind "r") or `tiles_key` (kind "t") as a SQL expression."""
+    head = f"{PREFIX}:{project}:{view}:{fingerprint}:{{"
+    return f"({sql_text(head)} || {entity_key_sql} || {sql_text('}:' + kind)})"
+
+
+_CONTROL = r"[\x00-\x1f]"  # an RE2 class: the regex engine reads the escapes
+_SHORT_ESCAPES = {8: r"\b", 9: r"\t", 10: r"\n", 12: r"\f", 13: r"\r"}
+
+
+def _sql_json_string(sql: str) -> str:
+    # DuckDB's to_json escapes as Python does except for control characters
+    # (\u001F, not \u001f): those rare strings take a slower, exact path.
+    slow = f"replace(replace({sql}, '\\', '\\\\'), '\"', '\\\"')"
+    for code in range(32):
+        short = _SHORT_ESCAPES.get(code, f"\\u{code:04x}")
+        slow = f"replace({slow}, chr({code}), {sql_text(short)})"
+    return (f"CASE WHEN {sql} IS NULL THEN 'null' WHEN regexp_matches({sql}, '{_CONTROL}') "
+            f"THEN '\"' || {slow} || '\"' ELSE CAST(to_json({sql}) AS VARCHAR) END")
+
+
+def sql_json(sql: str, type_: str) -> str:
+    """JSON text of one value of `type_` (int64, int32, float64, float32,
+    string, bool, timestamp as epoch microseconds, list<T>, or `int` for any
+    exact integer); null values become `null`. One CASE per value: this runs
+    for every value of every row a batch writes."""
+    if type_.startswith("list<") and type_.endswith(">"):
+        return sql_json_list(sql, type_[5:-1])
+    if type_ in ("int64", "int32", "timestamp", "int"):
+        return f"COALESCE(CAST({sql} AS VARCHAR), 'null')"
+    if type_ in ("float64", "float32"):
+        # float32 is written as the float64 it widens to, as Python writes it
+        sql = f"CAST({sql} AS DOUBLE)" if type_ == "float32" else sql
+        return (f"CASE WHEN isfinite({sql}) THEN CAST({sql} AS VARCHAR) WHEN {sql} IS NULL "
+                f"THEN 'null' WHEN isnan({sql}) THEN 'NaN' WHEN {sql} > 0 THEN 'Infinity' "
+                f"ELSE '-Infinity' END")
+    if type_ == "bool":
+        return f"CASE WHEN {sql} THEN 'true' WHEN NOT {sql} THEN 'false' ELSE 'null' END"
+    if type_ == "string":
+        return _sql_json_string(sql)
+    raise TypeError(f"no JSON encoding for type {type_!r}")
+
+
+def sql_json_array(items: Sequence[str]) -> str:
+    """A JSON array of JSON texts given as SQL expressions (concat() builds
+    the string once; a chain of || would copy it per part)."""
+    return "concat('[', " + ", ',', ".join(items) + ", ']')" if items else "'[]'"
+
+
+def sql_json_list(list_sql: str, type_: str) -> str:
+    """A JSON array of the elements of a SQL list (in the list's order)."""
+    element = sql_json("v", type_)
+    return (f"COALESCE('[' || array_to_string(list_transform({list_sql}, lambda v: {element}), ',')"
+            " || ']', 'null')")

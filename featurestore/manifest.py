@@ -19,6 +19,8 @@ class FeatureSpec:
     type: str                  # value type: string, int64, float64, bool, timestamp
     function: str | None       # None for a row-level feature; else count, sum, ...
     window_us: int | None      # aggregation window; None means the view's ttl
+    input_type: str | None = None  # an aggregation's argument type (None for count()):
+                                   # it decides the tile state (featurestore.tiles)
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,11 @@ class Manifest:
     # -------------------------------------------------------------- json
     def to_json(self) -> str:
         def fs(f: FeatureSpec) -> dict:
-            return {"name": f.name, "type": f.type, "function": f.function,
-                    "window_us": f.window_us}
+            doc = {"name": f.name, "type": f.type, "function": f.function,
+                   "window_us": f.window_us}
+            if f.input_type is not None:
+                doc["input_type"] = f.input_type
+            return doc
 
         doc = {
             "version": MANIFEST_VERSION,
@@ -77,7 +82,8 @@ class Manifest:
                              "run `featurestore apply` with this release")
 
         def fs(d: dict) -> FeatureSpec:
-            return FeatureSpec(d["name"], d["type"], d["function"], d["window_us"])
+            return FeatureSpec(d["name"], d["type"], d["function"], d["window_us"],
+                               d.get("input_type"))
 
         views = {
             n: ViewSpec(n, v["entity"], tuple(tuple(k) for k in v["keys"]), v["fingerprint"],

@@ -1,34 +1,61 @@
 """Batch materialization: DuckDB computes tiles and latest rows, Redis gets them.
 
 For each view, as of `end` (default: now):
-* tiles: per entity and tile, the partial state of every aggregation, for the
-  tiles that any window can still reach at `end`;
+
+* tiles: per entity and tile, the state of every aggregation
+  (`featurestore.tiles`), for the tiles any window can still reach at `end`;
 * the latest row: the row-level feature values of the entity's newest row.
 
-Writes go through `featurestore.layout`, in pipelined MULTI/EXEC batches: a
-reader never sees an entity half written, and running it twice leaves the
-same state (an entity's tiles are replaced, not added to).
+Three modes, all idempotent (running one twice changes nothing):
+
+* full (default): every entity's tiles are replaced (DEL, HSET, PEXPIRE in
+  one MULTI/EXEC, so a reader never sees an entity half written) and every
+  entity's latest row is set;
+* `start_us`: only events with start <= ts <= end are read; the tiles they
+  touch are recomputed whole (from every event of those tiles) and merged
+  into the entity's hash; latest rows of those entities are set;
+* `incremental`: as `start_us`, starting after the view's watermark, the
+  `end` of its last run (kept in Redis, `layout.watermark_key`). Without a
+  watermark it is a full run. Tiles that fell out of every window since the
+  last run are deleted from the hashes (HDEL), so hashes do not grow.
+
+Keys expire once nothing can read them: tiles `retention + 2 tiles` after
+their newest tile, rows `2 * ttl` after their event (so the server can still
+tell OUTSIDE_MAX_AGE from NOT_FOUND for a while), counted on the run's own
+clock, `end`. DuckDB writes each command's RESP bytes, `featurestore.bulk_redis`
+pipelines them: no Python runs per key.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from queue import Full, Queue
+from typing import Callable
+
+import pyarrow.compute as pc
 
 from dsl.plan import Plan, View
 from featurestore import layout
 from featurestore.backends import duckdb_sql
+from featurestore.backends.duckdb_sql import ident
+from featurestore.bulk_redis import BulkWriter, bulk_sql, command_sql, literal_sql, resp_command
+from featurestore.repo import UserError
 
-BATCH_ENTITIES = 2000
+BATCH_ROWS = 100_000     # commands per pipelined write
 
 
 @dataclass
 class ViewStats:
     view: str
-    entities: int = 0
+    mode: str = "full"               # full, range, incremental, up to date, stream (skipped)
+    entities: int = 0                # tile hashes written
     tiles: int = 0
-    rows: int = 0
+    rows: int = 0                    # latest rows written
+    pruned: int = 0                  # tile hashes pruned of tiles out of every window
+    start_us: int | None = None      # events read: start_us <= ts <= end_us
+    end_us: int = 0
     seconds: float = 0.0
 
 
@@ -53,128 +80,240 @@ def retention_us(view: View) -> int | None:
     return None if any(s is None for s in spans) else max(spans, default=0)
 
 
-def _connect(memory_limit: str):
+def connect(memory_limit: str, temp_directory: str | Path | None = None):
+    """A DuckDB connection in UTC with a memory limit (it spills beyond it)."""
     import duckdb
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = {duckdb_sql.literal(memory_limit)}")
+    if temp_directory is not None:
+        con.execute(f"SET temp_directory = {duckdb_sql.literal(str(temp_directory))}")
     return con
 
 
-def _groups(cursor, n_keys: int, batch: int = 50_000) -> Iterator[tuple[tuple, list[tuple]]]:
-    """Consecutive rows grouped by their first n_keys columns (rows come sorted)."""
-    current, rows = None, []
-    while chunk := cursor.fetchmany(batch):
-        for r in chunk:
-            k = r[:n_keys]
-            if k != current:
-                if rows:
-                    yield current, rows
-                current, rows = k, []
-            rows.append(r[n_keys:])
-    if rows:
-        yield current, rows
+# ------------------------------------------------------------------ plan of a run
+@dataclass(frozen=True)
+class Run:
+    """What one view's run reads and writes."""
+    mode: str
+    start_us: int | None       # first event time read (None: all history)
+    end_us: int
+    tiles_from: int | None     # first tile start written (None: all)
+    prune: tuple[int, int] | None  # tile starts [from, to) to delete
+    watermark: int | None      # the watermark to store afterwards
 
 
-def _expiry_ms(last_us: int, keep_us: int | None, end_us: int) -> int | None | bool:
-    """Milliseconds from now until the key is of no use, measured on the
-    materialization's own clock (end_us); False when already useless."""
-    if keep_us is None:
-        return None
-    left = last_us + keep_us - end_us
-    return max(1, left // 1000) if left > 0 else False
+def plan_run(view: View, start_us: int | None, end_us: int, incremental: bool,
+             watermark: int | None) -> Run:
+    """Decide the mode and ranges of a run from the options and the watermark."""
+    tile = view.tile_us
+    keep = retention_us(view)
+    lower = None if keep is None else (end_us // tile) * tile - keep
+    if incremental and watermark is not None:
+        if end_us <= watermark:
+            return Run("up to date", None, end_us, None, None, watermark)
+        start_us, mode = watermark + 1, "incremental"
+    elif start_us is not None:
+        mode = "range"
+    else:
+        return Run("full", None, end_us, lower, None, end_us)
+    first_tile = (start_us // tile) * tile
+    tiles_from = first_tile if lower is None else max(first_tile, lower)
+    prune = None
+    if keep is not None and watermark is not None:
+        old_lower = (watermark // tile) * tile - keep
+        prune = (old_lower, lower) if old_lower < lower else None
+    contiguous = watermark is not None and start_us <= watermark + 1
+    new_mark = max(watermark, end_us) if contiguous else watermark
+    return Run(mode, start_us, end_us, tiles_from, prune, new_mark)
 
 
-def _write_tiles(r, project: str, view: View, cursor, end_us: int, st: ViewStats) -> None:
+# ------------------------------------------------------------------ SQL of the commands
+def _key_sql(project: str, view: View, kind: str) -> str:
+    entity = layout.sql_entity_key([(ident(k), t) for k, t in view.keys])
+    return layout.sql_key(project, view.name, view.fingerprint(), entity, kind)
+
+
+def _not_null_keys(view: View) -> str:
+    return " AND ".join(f"{ident(k)} IS NOT NULL" for k, _ in view.keys)
+
+
+def rows_commands_sql(project: str, view: View, rows_sql: str, end_us: int) -> str:
+    """PSETEX <row key> <ms> <row value> (SET without a ttl) for each latest
+    row of `rows_sql`."""
+    value = layout.sql_json_array(
+        ["CAST(__ts AS VARCHAR)"] + [layout.sql_json(f"f{i}", f.type)
+                                    for i, f in enumerate(view.row_features)])
+    keep = None if view.ttl_us is None else 2 * view.ttl_us
+    where = _not_null_keys(view)
+    px = "NULL"
+    if keep is not None:
+        px = f"CAST(greatest(1, (__ts + {keep} - {end_us}) // 1000) AS VARCHAR)"
+        where += f" AND __ts + {keep} > {end_us}"
+    # Keys and values first, in a subquery: RESP names each twice (length, bytes).
+    encoded = (f"SELECT {_key_sql(project, view, 'r')} AS __key, {value} AS __value, {px} AS __px "
+               f"FROM ({rows_sql}) WHERE {where}")
+    command = (command_sql("PSETEX", ["__key", "__px", "__value"]) if keep is not None
+               else command_sql("SET", ["__key", "__value"]))
+    return f"SELECT {command} AS cmd FROM ({encoded})"
+
+
+def tiles_commands_sql(project: str, view: View, tiles_sql: str, end_us: int,
+                       replace: bool) -> tuple[str, int]:
+    """The commands writing each entity's tiles, and the reply lines of each:
+    full runs replace the hash (MULTI, DEL, HSET, PEXPIRE, EXEC); other runs
+    merge into it (HSET, PEXPIRE ... GT: a TTL is only ever extended)."""
+    keys = ", ".join(ident(k) for k, _ in view.keys)
     keep = retention_us(view)
     keep = None if keep is None else keep + 2 * view.tile_us
-    n = len(view.keys)
-    fp = view.fingerprint()
-    pipe = r.pipeline(transaction=True)
-    for key_values, tiles in _groups(cursor, n):
-        px = _expiry_ms(tiles[-1][0], keep, end_us)
-        if px is False:
-            continue
-        key = layout.tiles_key(project, view.name, fp, layout.encode_entity_key(key_values))
-        mapping = {layout.tile_field(t[0]): layout.encode_tile(_states(view, t[1:])) for t in tiles}
-        pipe.delete(key)
-        pipe.hset(key, mapping=mapping)
-        if px is not None:
-            pipe.pexpire(key, px)
-        st.entities += 1
-        st.tiles += len(tiles)
-        if len(pipe) >= 3 * BATCH_ENTITIES:
-            pipe.execute()
-    pipe.execute()
+    pair = f"concat({bulk_sql('__field')}, {bulk_sql('__value')})"
+    per_tile = (f"SELECT {keys}, __tile, CAST(__tile AS VARCHAR) AS __field, "
+                f"{duckdb_sql.tile_json_sql(view)} AS __value FROM ({tiles_sql})")
+    having, px = "", "NULL"
+    if keep is not None:
+        having = f" HAVING max(__tile) + {keep} > {end_us}"
+        px = f"CAST(greatest(1, (max(__tile) + {keep} - {end_us}) // 1000) AS VARCHAR)"
+    per_entity = (f"SELECT {_key_sql(project, view, 't')} AS __key, count(*) AS __n, {px} AS __px, "
+                  f"string_agg({pair}, '' ORDER BY __tile) AS __fields FROM ({per_tile}) "
+                  f"WHERE {_not_null_keys(view)} GROUP BY {keys}{having}")
+    commands = [command_sql("HSET", ["__key"], "__fields", "2 * __n")]
+    if keep is not None:
+        commands.append(command_sql("PEXPIRE", ["__key", "__px"] + ([] if replace else ["'GT'"])))
+    if replace:
+        commands = ([literal_sql(resp_command("MULTI")), command_sql("DEL", ["__key"])] + commands
+                    + [literal_sql(resp_command("EXEC"))])
+        lines = 2 + 2 * (len(commands) - 2)  # +OK, a +QUEUED and an EXEC line per command
+    else:
+        lines = len(commands)
+    return f"SELECT concat({', '.join(commands)}) AS cmd, __n FROM ({per_entity})", lines
 
 
-def _states(view: View, cols: tuple) -> list:
-    """Tile states from the SQL columns (avg spans two: sum and count)."""
-    out, i = [], 0
-    for a in view.aggregations:
-        if a.function == "avg":
-            out.append([cols[i] or 0.0, cols[i + 1]])
-            i += 2
-        else:
-            out.append(cols[i])
-            i += 1
-    return out
+def prune_commands_sql(project: str, view: View, rows_sql: str) -> str:
+    """HDEL <tiles key> <tile>... for every entity with events in `rows_sql`."""
+    keys = ", ".join(ident(k) for k, _ in view.keys)
+    fields = (f"SELECT {_key_sql(project, view, 't')} AS __key, count(*) AS __n, "
+              f"string_agg({bulk_sql('CAST(__tile AS VARCHAR)')}, '') AS __fields "
+              f"FROM (SELECT DISTINCT {keys}, __tile FROM ({rows_sql})) "
+              f"WHERE {_not_null_keys(view)} GROUP BY {keys}")
+    return f"SELECT {command_sql('HDEL', ['__key'], '__fields', '__n')} AS cmd FROM ({fields})"
 
 
-def _write_rows(r, project: str, view: View, cursor, end_us: int, st: ViewStats) -> None:
-    keep = None if view.ttl_us is None else 2 * view.ttl_us
-    fp = view.fingerprint()
-    n = len(view.keys)
-    pipe = r.pipeline(transaction=True)
-    while chunk := cursor.fetchmany(50_000):
-        for row in chunk:
-            ts = row[n]
-            px = _expiry_ms(ts, keep, end_us)
-            if px is False:
-                continue
-            key = layout.row_key(project, view.name, fp, layout.encode_entity_key(row[:n]))
-            pipe.set(key, layout.encode_row(ts, row[n + 1:]), px=px)
-            st.rows += 1
-        pipe.execute()
+# ------------------------------------------------------------------ running
+def _send(con, writer: BulkWriter, sql: str, lines: int,
+          counted: str | None = None) -> tuple[int, int]:
+    """Stream the `cmd` column of `sql` into Redis; (commands, sum of `counted`).
+    DuckDB encodes the next batch on a thread of its own while Redis works
+    on the last one: the two overlap instead of taking turns."""
+    commands = total = 0
+    for batch in _batches(con.execute(sql).to_arrow_reader(BATCH_ROWS)):
+        writer.send(batch.column(0), lines)
+        commands += batch.num_rows
+        if counted is not None and batch.num_rows:
+            total += pc.sum(batch.column(counted)).as_py() or 0
+    writer.flush()
+    return commands, total
 
 
-def materialize_view(con, r, project: str, plan: Plan, view: View, root: Path,
-                     end_us: int) -> ViewStats:
-    st = ViewStats(view.name)
+def _batches(reader, ahead: int = 2):
+    """The reader's batches, read on a producer thread up to `ahead` early."""
+    queue: Queue = Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in reader:
+                while not stop.is_set():
+                    try:
+                        queue.put(batch, timeout=0.1)
+                        break
+                    except Full:
+                        pass
+                if stop.is_set():
+                    return
+            queue.put(None)
+        except BaseException as e:  # handed to the consumer, raised there
+            queue.put(e)
+
+    thread = threading.Thread(target=produce, name="materialize-encode", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def materialize_view(con, writer: BulkWriter, r, project: str, plan: Plan, view: View,
+                     root: Path, start_us: int | None, end_us: int,
+                     incremental: bool = False) -> ViewStats:
+    """Materialize one view (see the module docstring for the modes)."""
     t0 = time.perf_counter()
     source = plan.source(view.source)
-    if view.aggregations:
-        keep = retention_us(view)
-        start = None if keep is None else (end_us // view.tile_us) * view.tile_us - keep
-        cur = con.execute(duckdb_sql.tiles_sql(view, source, root, end_us, start))
-        _write_tiles(r, project, view, cur, end_us, st)
-    if view.row_features:
-        cur = con.execute(duckdb_sql.latest_rows_sql(view, source, root, end_us, None))
-        _write_rows(r, project, view, cur, end_us, st)
+    attach = duckdb_sql.attach_sql(source, root)
+    if attach:
+        con.execute(attach)
+    mark_key = layout.watermark_key(project, view.name, view.fingerprint())
+    run = plan_run(view, start_us, end_us, incremental, layout.decode_watermark(r.get(mark_key)))
+    st = ViewStats(view.name, run.mode, start_us=run.start_us, end_us=end_us)
+    if run.mode != "up to date":
+        if view.aggregations:
+            _write_tiles(con, writer, project, view, source, root, run, st)
+        if view.row_features:
+            rows = duckdb_sql.latest_rows_sql(view, source, root, end_us, run.start_us)
+            st.rows, _ = _send(con, writer, rows_commands_sql(project, view, rows, end_us), 1)
+        if run.watermark is not None:
+            r.set(mark_key, layout.encode_watermark(run.watermark))
     st.seconds = time.perf_counter() - t0
     return st
 
 
+def _write_tiles(con, writer, project, view, source, root, run: Run, st: ViewStats) -> None:
+    tiles = duckdb_sql.tiles_sql(view, source, root, run.end_us, run.tiles_from)
+    sql, lines = tiles_commands_sql(project, view, tiles, run.end_us, replace=run.mode == "full")
+    st.entities, st.tiles = _send(con, writer, sql, lines, counted="__n")
+    if run.prune is not None:
+        old = duckdb_sql.view_rows_sql(view, source, root, run.end_us, run.prune[0])
+        old = f"SELECT * FROM ({old}) WHERE __tile < {run.prune[1]}"
+        st.pruned, _ = _send(con, writer, prune_commands_sql(project, view, old), 1)
+
+
 def materialize(plan: Plan, root: Path, project: str, redis_url: str, *,
-                end_us: int | None = None, views: list[str] | None = None,
+                start_us: int | None = None, end_us: int | None = None,
+                incremental: bool = False, views: list[str] | None = None,
                 memory_limit: str = "4GB",
                 progress: Callable[[ViewStats], None] | None = None) -> MaterializeStats:
-    """Materialize `views` (default all) of the plan into Redis as of end_us."""
+    """Materialize `views` (default all) of the plan into Redis as of end_us
+    (default now): a full run, a run over events from start_us, or, with
+    `incremental`, a run continuing from each view's last one."""
     import redis
 
     end_us = now_us() if end_us is None else end_us
+    if start_us is not None and start_us > end_us:
+        raise ValueError(f"start ({start_us}) is after end ({end_us})")
     stats = MaterializeStats(end_us)
-    con = _connect(memory_limit)
+    con = connect(memory_limit)
+    con.execute("SET preserve_insertion_order = false")  # commands go out in any order
     r = redis.Redis.from_url(redis_url)
     try:
-        for view in plan.views:
-            if views and view.name not in views:
-                continue
-            st = materialize_view(con, r, project, plan, view, root, end_us)
-            stats.views.append(st)
-            if progress:
-                progress(st)
+        with BulkWriter(redis_url) as writer:
+            for view in plan.views:
+                if views and view.name not in views:
+                    continue
+                if plan.source(view.source).kind == "batch":
+                    st = materialize_view(con, writer, r, project, plan, view, root,
+                                          start_us, end_us, incremental)
+                elif views:  # named on purpose: say who writes it
+                    raise UserError(f"view {view.name!r} reads a stream: the streaming job "
+                                    "materializes it")
+                else:
+                    st = ViewStats(view.name, "stream (skipped)", end_us=end_us)
+                stats.views.append(st)
+                if progress:
+                    progress(st)
     finally:
         r.close()
         con.close()

@@ -99,9 +99,14 @@ def check_manifest(manifest: Manifest) -> None:
                 problems.append(f"feature '{view.name}:{f.name}' has type {f.type!r}, "
                                 "which the serving API has no column for")
         for f in view.aggregations:
-            if f.function not in tiles.SUPPORTED:
+            if f.function not in tiles.FUNCTIONS:
                 problems.append(f"feature '{view.name}:{f.name}' aggregates with "
                                 f"{f.function!r}, which tiles cannot merge")
+                continue
+            try:
+                tile_aggregation(f)
+            except ValueError as e:
+                problems.append(f"feature '{view.name}:{f.name}': {e}")
     for service, refs in manifest.services.items():
         for view_name, feature in refs:
             named = manifest.views.get(view_name)
@@ -312,51 +317,63 @@ def _decode_rows(lookup: ViewLookup, rows, found: np.ndarray) -> tuple[np.ndarra
     return row_ts, values
 
 
+def tile_aggregation(spec: FeatureSpec) -> tiles.Aggregation:
+    """The tile state of an aggregation feature. A manifest without the
+    argument's type is read as the output type where the two are the same
+    (count, sum, min, max, first, last); for the others, re-run `apply`."""
+    input_type = spec.input_type
+    if input_type is None and spec.function in ("sum", "min", "max", "first", "last"):
+        input_type = spec.type
+    if input_type is None and spec.function != "count":
+        raise ValueError(f"the manifest does not say what {spec.function}() aggregates; "
+                         "run `featurestore apply` with this release")
+    return tiles.aggregation(spec.function, input_type)
+
+
 def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, tile_hashes,
                          now_us: int) -> dict[str, pb.FeatureVector]:
     view, aggs = lookup.view, lookup.aggregations
+    states_of = [tile_aggregation(f.spec) for f in aggs]
     lowers = [tiles.window_start(now_us, view.tile_us,
                                  f.spec.window_us if f.spec.window_us is not None else view.ttl_us)
               for f in aggs]
-    widest = None if None in lowers else min(lowers)
     values = np.empty((len(found), len(aggs)), dtype=object)
-    values[:] = [tiles.empty(f.spec.function) for f in aggs]
+    values[:] = [agg.empty() for agg in states_of]
     latest = np.zeros(values.shape, np.int64)
     has_tiles = np.zeros(len(found), np.bool_)
     for i, raw in enumerate(tile_hashes):
         if not raw:
             continue
         has_tiles[i] = True
-        windowed = _decode_tiles(lookup, i, raw, now_us, widest)
-        for j, (f, lower) in enumerate(zip(aggs, lowers)):
-            values[i, j] = tiles.window_value(f.spec.function, f.index, windowed, now_us, lower)
-            latest[i, j] = next((s for s, _ in windowed if tiles.in_window(s, now_us, lower)), 0)
+        starts, states = _decode_tiles(lookup, i, raw)
+        per_aggregation = list(zip(*states))  # one column of states per aggregation
+        for j, (f, agg, lower) in enumerate(zip(aggs, states_of, lowers)):
+            window = tiles.window_slice(starts, now_us, lower)
+            if window.start < window.stop:
+                values[i, j] = agg.value(agg.merge(per_aggregation[f.index][window]))
+                latest[i, j] = starts[window.stop - 1]
     exists = found | has_tiles
     return {f.ref: _vector(f, values[:, j], _statuses(values[:, j], exists), latest[:, j])
             for j, f in enumerate(aggs)}
 
 
-def _decode_tiles(lookup: ViewLookup, i: int, raw: Mapping[bytes, bytes], now_us: int,
-                  lower: int | None) -> list[tuple[int, list]]:
-    """The (start, states) tiles of entity `i` that any requested window can
-    use, newest first."""
+def _decode_tiles(lookup: ViewLookup, i: int,
+                  raw: Mapping[bytes, bytes]) -> tuple[list[int], list[list]]:
+    """Every tile of entity `i`, in ascending start order (one JSON parse)."""
     width = len(lookup.view.aggregations)
-    windowed = []
-    for field, encoded in raw.items():
-        start = layout.parse_tile_field(field)
-        if tiles.in_window(start, now_us, lower):
-            states = layout.decode_tile(encoded)
-            if len(states) != width:
-                raise CorruptState(f"tile {start} of view {lookup.view.name!r} for entity "
-                                   f"{lookup.entity_keys[i]!r} has {len(states)} states; "
-                                   f"the view has {width} aggregations")
-            windowed.append((start, states))
-    windowed.sort(key=_start, reverse=True)
-    return windowed
-
-
-def _start(tile: tuple[int, list]) -> int:
-    return tile[0]
+    try:
+        starts, states = layout.decode_tiles(raw)
+    except ValueError as e:
+        raise CorruptState(f"the tiles of view {lookup.view.name!r} for entity "
+                           f"{lookup.entity_keys[i]!r} are not valid JSON: {e}") from None
+    if not (set(map(type, states)) <= {list} and set(map(len, states)) <= {width}):
+        start, state = next((t, s) for t, s in zip(starts, states)
+                            if not isinstance(s, list) or len(s) != width)
+        got = f"{len(state)} states" if isinstance(state, list) else repr(state)
+        raise CorruptState(f"tile {start} of view {lookup.view.name!r} for entity "
+                           f"{lookup.entity_keys[i]!r} has {got}; "
+                           f"the view has {width} aggregations")
+    return starts, states
 
 
 def _statuses(values: np.ndarray, exists: np.ndarray,

@@ -1,15 +1,21 @@
 """The Redis layout is a contract between writers and servers of different
-releases: its exact bytes are pinned here. A change needs a new version."""
+releases: its exact bytes are pinned here. A change needs a new version.
+The SQL encoders must produce exactly the bytes of the Python ones."""
 from __future__ import annotations
 
 import json
+import math
+import random
+import struct
 from pathlib import Path
 
+import duckdb
+import pyarrow as pa
 import pytest
 
 from featurestore import layout
 
-GOLDEN = Path(__file__).parent / "golden" / "layout_v1.json"
+GOLDEN = Path(__file__).parent / "golden" / f"layout_v{layout.LAYOUT_VERSION}.json"
 
 
 def _vectors() -> dict[str, str]:
@@ -23,7 +29,11 @@ def _vectors() -> dict[str, str]:
         "tiles key": layout.tiles_key("shop", "user_spend", "0a1b2c3d", ek(["u1", 7])).decode(),
         "tile field": layout.tile_field(1767225600000000).decode(),
         "row value": layout.encode_row(1767225600123456, ["DE", 31, None, 2.5, True]).decode(),
-        "tile value": layout.encode_tile([3, 12.75, None, [10.5, 2], "x"]).decode(),
+        "tile value": layout.encode_tile(
+            [3, [12, 3458764513820540928, 0], [2, 12, 3458764513820540928, 0], 7.5,
+             [1767225600000000, "x"], ["a", "ü"], None, [4, 10, 0, 0, 30, 0]]).decode(),
+        "watermark key": layout.watermark_key("shop", "user_spend", "0a1b2c3d").decode(),
+        "watermark value": layout.encode_watermark(1767225600000000).decode(),
     }
 
 
@@ -50,3 +60,51 @@ def test_escaping_keeps_distinct_keys_distinct():
 def test_unsupported_key_type_is_refused():
     with pytest.raises(TypeError, match="strings or integers"):
         layout.encode_entity_key([1.5])
+
+
+def test_tiles_decode_in_one_parse_in_start_order():
+    raw = {layout.tile_field(600): layout.encode_tile([2, None]),
+           layout.tile_field(-300): layout.encode_tile([1, [5, 0, 0]]),
+           layout.tile_field(0): layout.encode_tile([0, "é"])}
+    assert layout.decode_tiles(raw) == ([-300, 0, 600], [[1, [5, 0, 0]], [0, "é"], [2, None]])
+    assert layout.decode_tiles({}) == ([], [])
+
+
+def _random_strings(rng: random.Random, n: int) -> list[str]:
+    alphabet = ["a", "Z", " ", '"', "\\", "/", "|", "{", "}", ":", "%", "é", "日", "\u2028",
+                "\U0001F600", "\x7f", *map(chr, range(32))]
+    return [""] + ["".join(rng.choice(alphabet) for _ in range(rng.randrange(12)))
+                   for _ in range(n)]
+
+
+def _random_floats(rng: random.Random, n: int) -> list[float]:
+    specials = [0.0, -0.0, math.nan, math.inf, -math.inf, 5e-324, 1e16, 1e-5, 0.1, 2.0 ** -10,
+                1.7976931348623157e308, 123456789.125, -1.5e-7]
+    bits = [struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(n)]
+    decimals = [round(rng.uniform(-1e6, 1e6), rng.randrange(8)) for _ in range(n)]
+    return specials + bits + decimals
+
+
+def test_sql_encoders_write_the_bytes_of_the_python_encoders():
+    rng = random.Random(4)
+    strings = _random_strings(rng, 3000)
+    floats = _random_floats(rng, 3000)
+    ints = [0, -1, 2 ** 63 - 1, -2 ** 63] + [rng.randrange(-2 ** 63, 2 ** 63) for _ in range(3000)]
+    n = min(len(strings), len(floats), len(ints))
+    table = pa.table({"s": strings[:n], "f": pa.array(floats[:n], pa.float64()),
+                      "i": pa.array(ints[:n], pa.int64()),
+                      "b": [None if i % 5 == 0 else i % 3 == 0 for i in range(n)]})
+    con = duckdb.connect()
+    con.register("t", table)
+    entity = layout.sql_entity_key([("s", "string"), ("i", "int64")])
+    row = layout.sql_json_array([layout.sql_json("i", "int64"), layout.sql_json("s", "string"),
+                                 layout.sql_json("f", "float64"), layout.sql_json("b", "bool"),
+                                 layout.sql_json("NULL::DOUBLE", "float64"),
+                                 layout.sql_json_list("[f, f]", "float64"),
+                                 layout.sql_json_list("[s]", "string")])
+    key = layout.sql_key("p", "v", "ff00", entity, "t")
+    got = con.execute(f"SELECT {key}, {row} FROM t").fetchall()
+    for (sql_key, sql_row), s, f, i, b in zip(got, strings, floats, ints, table["b"].to_pylist()):
+        ek = layout.encode_entity_key([s, i])
+        assert sql_key == layout.tiles_key("p", "v", "ff00", ek).decode()
+        assert sql_row.encode() == layout.encode_row(i, [s, f, b, None, [f, f], [s]])

@@ -77,12 +77,14 @@ def test_tiles_and_rows_hold_exact_states(repo_dir, redis_url):
     tiles = r.hgetall(layout.tiles_key("t", "spend", fp, layout.encode_entity_key(["a"])))
     decoded = {layout.parse_tile_field(f): layout.decode_tile(v) for f, v in tiles.items()}
     current = (END // TILE) * TILE
+    # float sums are fixed point: [sum(trunc(x)), sum(fraction * 2**62), inputs out of range]
     assert decoded == {
-        current: [2, 160.0, [160.0, 2], 150.0, 1],
-        current - 2 * TILE: [1, 7.0, [7.0, 1], 7.0, 0],
+        current: [2, [160, 0, 0], [2, 160, 0, 0], 150.0, 1],
+        current - 2 * TILE: [1, [7, 0, 0], [1, 7, 0, 0], 7.0, 0],
     }
     ts, values = layout.decode_row(r.get(layout.row_key("t", "spend", fp, "a")))
-    assert ts == END - 10 * US and values == [150.0, END - 10 * US]  # the later-read of a tie
+    # a tie on ts goes to the greater row-feature values, whatever the read order
+    assert ts == END - 10 * US and values == [150.0, END - 10 * US]
     b_key = layout.row_key("t", "spend", fp, layout.encode_entity_key(["b|{x}"]))
     assert layout.decode_row(r.get(b_key))[1] == [1.0, END - HOUR - 2 * TILE]
     assert 0 < r.pttl(b_key) <= 2 * 2 * HOUR // 1000

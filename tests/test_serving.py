@@ -41,8 +41,8 @@ P, NULL, MISSING, OLD = (FieldStatus.PRESENT, FieldStatus.NULL_VALUE,
                          FieldStatus.NOT_FOUND, FieldStatus.OUTSIDE_MAX_AGE)
 
 
-def feature(name, type_, function=None, window=None):
-    return FeatureSpec(name, type_, function, window)
+def feature(name, type_, function=None, window=None, input_type=None):
+    return FeatureSpec(name, type_, function, window, input_type)
 
 
 USER_SPEND = ViewSpec(
@@ -50,7 +50,7 @@ USER_SPEND = ViewSpec(
     row_features=(feature("last_category", "string"),),
     aggregations=(feature("purchases_1h", "int64", "count", HOUR),
                   feature("spend_1d", "float64", "sum", DAY),
-                  feature("avg_spend_1h", "float64", "avg", HOUR),
+                  feature("avg_spend_1h", "float64", "avg", HOUR, "float64"),
                   feature("max_spend_1h", "float64", "max", HOUR),
                   feature("spend_all", "float64", "sum")))  # no window: the ttl
 USER_PROFILE = ViewSpec(
@@ -71,6 +71,16 @@ MANIFEST = Manifest(
 def put_row(r, view, key, ts, values):
     entity = layout.encode_entity_key(key)
     r.set(layout.row_key(PROJECT, view.name, view.fingerprint, entity), layout.encode_row(ts, values))
+
+
+def spend_states(purchases, spend, priced, max_spend, spend_all):
+    """USER_SPEND's tile states (`featurestore.tiles`) for whole-number
+    amounts: a float sum is [sum of integer parts, of fractions * 2**62,
+    inputs out of range], an avg [n, the same three]."""
+    def total(whole):
+        return [whole, 0 if whole is not None else None, 0]
+    return [purchases, total(spend), [priced, *total(spend if priced else None)], max_spend,
+            total(spend_all)]
 
 
 def put_tile(r, view, key, start, states):
@@ -155,13 +165,13 @@ def test_row_features_values_statuses_and_timestamps(client, r):
 
 def test_window_boundaries_of_aggregations(client, r):
     # count, sum, avg, max (1h windows, except the 1d sum) and the ttl-wide sum
-    put_tile(r, USER_SPEND, ["u1"], FLOOR + TILE, [100, 100.0, [100.0, 1], 100.0, 100.0])  # future
-    put_tile(r, USER_SPEND, ["u1"], FLOOR, [2, 30.0, [30.0, 2], 20.0, 30.0])
-    put_tile(r, USER_SPEND, ["u1"], FLOOR - HOUR, [1, 5.0, [5.0, 1], 50.0, 5.0])  # first in
-    put_tile(r, USER_SPEND, ["u1"], FLOOR - HOUR - TILE, [7, 7.0, [7.0, 1], 70.0, 7.0])  # out
-    put_tile(r, USER_SPEND, ["u1"], FLOOR - DAY, [4, 4.0, [4.0, 4], 4.0, 4.0])  # first in 1d
-    put_tile(r, USER_SPEND, ["u1"], FLOOR - DAY - TILE, [9, 9.0, [9.0, 9], 9.0, 9.0])  # out of 1d
-    put_tile(r, USER_SPEND, ["u1"], FLOOR - 30 * DAY - TILE, [3, 3.0, [3.0, 3], 3.0, 3.0])  # > ttl
+    put_tile(r, USER_SPEND, ["u1"], FLOOR + TILE, spend_states(100, 100, 1, 100.0, 100))  # future
+    put_tile(r, USER_SPEND, ["u1"], FLOOR, spend_states(2, 30, 2, 20.0, 30))
+    put_tile(r, USER_SPEND, ["u1"], FLOOR - HOUR, spend_states(1, 5, 1, 50.0, 5))  # first in
+    put_tile(r, USER_SPEND, ["u1"], FLOOR - HOUR - TILE, spend_states(7, 7, 1, 70.0, 7))  # out
+    put_tile(r, USER_SPEND, ["u1"], FLOOR - DAY, spend_states(4, 4, 4, 4.0, 4))  # first in 1d
+    put_tile(r, USER_SPEND, ["u1"], FLOOR - DAY - TILE, spend_states(9, 9, 9, 9.0, 9))  # out of 1d
+    put_tile(r, USER_SPEND, ["u1"], FLOOR - 30 * DAY - TILE, spend_states(3, 3, 3, 3.0, 3))  # > ttl
     put_row(r, USER_SPEND, ["u1"], NOW - MIN, ["books"])
     names = [f.name for f in USER_SPEND.features]
 
@@ -183,8 +193,8 @@ def test_window_boundaries_of_aggregations(client, r):
 
 def test_aggregation_statuses_when_windows_are_empty(client, r):
     put_row(r, USER_SPEND, ["row_only"], NOW - HOUR, ["toys"])
-    put_tile(r, USER_SPEND, ["old_tiles"], FLOOR - 2 * HOUR, [2, 8.0, [8.0, 2], 5.0, 8.0])
-    put_tile(r, USER_SPEND, ["null_sum"], FLOOR, [1, None, [0.0, 0], None, None])
+    put_tile(r, USER_SPEND, ["old_tiles"], FLOOR - 2 * HOUR, spend_states(2, 8, 2, 5.0, 8))
+    put_tile(r, USER_SPEND, ["null_sum"], FLOOR, spend_states(1, None, 0, None, None))
     refs = ["user_spend:purchases_1h", "user_spend:spend_1d", "user_spend:avg_spend_1h",
             "user_spend:max_spend_1h"]
 
@@ -203,7 +213,7 @@ def test_aggregation_statuses_when_windows_are_empty(client, r):
 
 
 def test_service_full_names_and_entity_columns_first(client, r):
-    put_tile(r, USER_SPEND, ["u1"], FLOOR, [2, 30.0, [30.0, 2], 20.0, 30.0])
+    put_tile(r, USER_SPEND, ["u1"], FLOOR, spend_states(2, 30, 2, 20.0, 30))
     put_row(r, USER_PROFILE, ["u1"], NOW, ["DE", 41, 0.75, True, 0])
 
     got = client.get_online_features(service="fraud_v1", entities={"user_id": ["u1", "u2"]},

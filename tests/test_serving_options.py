@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import time
 import urllib.request
 
 import grpc
@@ -59,14 +60,25 @@ def test_api_keys_are_required_except_for_health(loop, stored):
             assert anonymous.health() == "SERVING"
 
 
+def scrape_until(port: int, line: str, tries: int = 100) -> str:
+    """The metrics page once it shows `line`: a call is counted after its
+    status has reached the client, so the page can lag the client by a moment."""
+    for _ in range(tries):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        if line in text:
+            break
+        time.sleep(0.05)
+    return text
+
+
 def test_metrics_count_calls_by_code(loop, stored):
     with running(loop, stored, metrics_port=0) as server:
         with FeatureClient(f"localhost:{server.port}") as client:
             client.get_online_features(**ASK)
             code_of(lambda: client.get_online_features(["user_profile:nope"],
                                                        entities={"user_id": ["u1"]}))
-        text = urllib.request.urlopen(
-            f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+        text = scrape_until(server.metrics_port,
+                            'featurestore_grpc_latency_seconds_count{method="GetOnlineFeatures"} 2.0')
     assert 'featurestore_grpc_requests_total{code="OK",method="GetOnlineFeatures"} 1.0' in text
     assert ('featurestore_grpc_requests_total{code="INVALID_ARGUMENT",'
             'method="GetOnlineFeatures"} 1.0') in text
