@@ -41,7 +41,7 @@ class FieldStatus(enum.IntEnum):
 DEFAULT_OPTIONS = (("grpc.max_receive_message_length", 256 * 1024 * 1024),)
 
 _DTYPES = {"int64_list": np.int64, "double_list": np.float64, "bool_list": np.bool_,
-           "timestamp_list": np.int64}
+           "timestamp_list": np.int64, "float_list": np.float32}
 _INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -192,9 +192,19 @@ class OnlineFeatures:
         """Column name -> masked array, masked where the status is not PRESENT.
         dtypes: int64, float64, bool, object (strings), datetime64[us] (UTC).
         `arr.filled(np.nan)` (after `.astype(float)` for ints) gives NaN-filled arrays."""
-        return {name: np.ma.MaskedArray(_typed(kind, values), mask=status != FieldStatus.PRESENT,
-                                        copy=True)
-                for name, (kind, values, status, _) in self._columns.items()}
+        out = {}
+        for name, (kind, values, status, _) in self._columns.items():
+            missing = status != FieldStatus.PRESENT
+            if kind == "list_column":
+                try:  # embeddings of one dimension: a rows x dim matrix
+                    matrix = _dense_lists(name, values, ~missing)
+                    mask = np.broadcast_to(missing[:, None], matrix.shape)
+                    out[name] = np.ma.MaskedArray(matrix, mask=mask, copy=True)
+                    continue
+                except ValueError:
+                    pass
+            out[name] = np.ma.MaskedArray(_typed(kind, values), mask=missing, copy=True)
+        return out
 
     def to_dict(self) -> dict[str, list]:
         """Column name -> list of Python values, None where the status is not
@@ -204,6 +214,8 @@ class OnlineFeatures:
             objects = _typed(kind, values).astype(object)
             objects[status != FieldStatus.PRESENT] = None
             column = objects.tolist()
+            if kind == "list_column":
+                column = [None if v is None else v.tolist() for v in column]
             if kind == "timestamp_list":  # numpy gives naive datetimes; these are UTC
                 column = [None if d is None else d.replace(tzinfo=_dt.timezone.utc)
                           for d in column]
@@ -225,6 +237,10 @@ class OnlineFeatures:
                 data[name] = pd.arrays.FloatingArray(values, missing, copy=True)
             elif kind == "bool_list":
                 data[name] = pd.arrays.BooleanArray(values, missing, copy=True)
+            elif kind == "list_column":
+                objects = values.copy()
+                objects[missing] = None
+                data[name] = objects
             elif kind == "timestamp_list":
                 times = values.view("datetime64[us]").copy()
                 times[missing] = np.datetime64("NaT")
@@ -236,17 +252,86 @@ class OnlineFeatures:
         return pd.DataFrame(data)
 
 
+    def to_torch(self, device: str | None = None, names: Sequence[str] | None = None):
+        """(values, present): two dicts of torch tensors, name -> tensor, for
+        the numeric, bool, timestamp (epoch µs) and list columns (lists of one
+        length become rows x dim matrices: embeddings). Slots that are not
+        PRESENT hold NaN in float columns and 0 elsewhere; `present` holds the
+        bool masks. On a CUDA device the copies go through pinned memory,
+        asynchronously. String columns are left out unless named (an error)."""
+        import torch
+
+        values, present = {}, {}
+        for name in names or [n for n in self.names if self._tensorable(n)]:
+            if not self._tensorable(name):
+                raise TypeError(f"column {name!r} holds strings, which have no tensor form")
+            kind, raw, status, _ = self._columns[name]
+            mask = status == FieldStatus.PRESENT
+            dense = _dense_lists(name, raw, mask) if kind == "list_column" else raw.copy()
+            if dense.dtype.kind == "f":
+                dense[~mask] = np.nan
+            else:
+                dense[~mask] = 0
+            values[name] = _to_device(torch.from_numpy(np.ascontiguousarray(dense)), device)
+            present[name] = _to_device(torch.from_numpy(mask.copy()), device)
+        return values, present
+
+    def _tensorable(self, name: str) -> bool:
+        kind, raw, _, _ = self._columns[name]
+        if kind == "list_column":
+            return all(v.dtype != object for v in raw)
+        return kind in _DTYPES
+
+
+def _to_device(tensor, device: str | None):
+    if device is None or str(device) == "cpu":
+        return tensor
+    if str(device).startswith("cuda"):
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def _decode(vector: pb.FeatureVector) -> tuple[str | None, np.ndarray, np.ndarray, np.ndarray]:
     """(kind, raw values, statuses, event timestamps) of one response column."""
     kind = vector.values.WhichOneof("kind")
-    packed = getattr(vector.values, kind).values if kind else ()
-    if kind in _DTYPES:
-        values = np.fromiter(packed, _DTYPES[kind], len(packed))
+    if kind == "list_column":
+        values = _decode_lists(vector.values.list_column)
     else:
-        values = np.array(list(packed), dtype=object)
+        values = _flat(vector.values)
     status = np.fromiter(vector.statuses, np.int32, len(vector.statuses))
     times = np.fromiter(vector.event_timestamps, np.int64, len(vector.event_timestamps))
     return kind, values, status, times
+
+
+def _flat(column: pb.ValueList) -> np.ndarray:
+    kind = column.WhichOneof("kind")
+    packed = getattr(column, kind).values if kind else ()
+    if kind in _DTYPES:
+        return np.fromiter(packed, _DTYPES[kind], len(packed))
+    return np.array(list(packed), dtype=object)
+
+
+def _decode_lists(column: pb.ListColumn) -> np.ndarray:
+    """An object array holding one numpy array per row (views into one buffer)."""
+    flat = _flat(column.elements)
+    lengths = np.fromiter(column.lengths, np.int64, len(column.lengths))
+    rows = np.empty(len(lengths), dtype=object)
+    rows[:] = np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+    return rows
+
+
+def _dense_lists(name: str, values: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """rows x dim array of a list column whose PRESENT rows all have one length."""
+    dims = {len(v) for v in values[present]}
+    if len(dims) > 1:
+        raise ValueError(f"column {name!r} holds lists of lengths {sorted(dims)}: "
+                         "only lists of one length make a matrix")
+    dim = dims.pop() if dims else 0
+    sample = values[present][0] if present.any() else np.zeros(0, np.float32)
+    out = np.zeros((len(values), dim), dtype=sample.dtype if sample.dtype != object else object)
+    if present.any():
+        out[present] = np.stack(values[present])
+    return out
 
 
 def _typed(kind: str | None, values: np.ndarray) -> np.ndarray:

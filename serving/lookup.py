@@ -30,12 +30,22 @@ VALUE_KINDS = {
     "string": "string_list", "bool": "bool_list", "timestamp": "timestamp_list",
 }
 KEY_KINDS = {"int64": "int64_list", "int32": "int64_list", "string": "string_list"}
+# Element type of list<T> -> ValueList field of the elements of a ListColumn.
+ELEMENT_KINDS = {"float32": "float_list", "float64": "double_list", "int64": "int64_list",
+                 "int32": "int64_list", "string": "string_list", "bool": "bool_list"}
+
+
+def value_kind(type_: str) -> str | None:
+    """The ValueList field a feature of `type_` travels in (None: none can)."""
+    if type_.startswith("list<") and type_.endswith(">"):
+        return "list_column" if type_[5:-1] in ELEMENT_KINDS else None
+    return VALUE_KINDS.get(type_)
 
 _LIST_TYPES = {"int64_list": pb.Int64List, "double_list": pb.DoubleList,
                "string_list": pb.StringList, "bool_list": pb.BoolList,
-               "timestamp_list": pb.TimestampList}
+               "timestamp_list": pb.TimestampList, "float_list": pb.FloatList}
 _DTYPES = {"int64_list": np.int64, "double_list": np.float64, "bool_list": np.bool_,
-           "timestamp_list": np.int64}
+           "timestamp_list": np.int64, "float_list": np.float32}
 _ZEROS = {"int64_list": 0, "double_list": 0.0, "string_list": "", "bool_list": False,
           "timestamp_list": 0}
 
@@ -95,7 +105,7 @@ def check_manifest(manifest: Manifest) -> None:
                 problems.append(f"view {view.name!r}: key {key!r} has type {type_!r}; "
                                 f"keys must be one of {', '.join(KEY_KINDS)}")
         for f in view.features:
-            if f.type not in VALUE_KINDS:
+            if value_kind(f.type) is None:
                 problems.append(f"feature '{view.name}:{f.name}' has type {f.type!r}, "
                                 "which the serving API has no column for")
         for f in view.aggregations:
@@ -188,7 +198,7 @@ def _name_features(refs, full_names: bool) -> list[Feature]:
         family = view.row_features if spec.function is None else view.aggregations
         index = next(i for i, f in enumerate(family) if f.name == spec.name)
         name = f"{view.name}__{spec.name}" if full_names else spec.name
-        features.append(Feature(name, ref, view, spec, index, VALUE_KINDS[spec.type]))
+        features.append(Feature(name, ref, view, spec, index, value_kind(spec.type)))
     return features
 
 
@@ -390,6 +400,8 @@ def _statuses(values: np.ndarray, exists: np.ndarray,
 def _vector(f: Feature, values: np.ndarray, status: np.ndarray,
             timestamps: np.ndarray) -> pb.FeatureVector:
     """Pack one column; slots that are not PRESENT get the type's zero value."""
+    if f.kind == "list_column":
+        return _list_vector(f, values, status, timestamps)
     packed = np.where(status == pb.PRESENT, values, _ZEROS[f.kind])
     try:
         if f.kind != "string_list":
@@ -398,5 +410,29 @@ def _vector(f: Feature, values: np.ndarray, status: np.ndarray,
     except (TypeError, ValueError, OverflowError) as e:
         raise CorruptState(f"values of feature {f.ref!r} in Redis are not of its type "
                            f"{f.spec.type!r}: {e}") from None
+    return pb.FeatureVector(values=column, statuses=status.tolist(),
+                            event_timestamps=timestamps.tolist())
+
+
+def _list_vector(f: Feature, values: np.ndarray, status: np.ndarray,
+                 timestamps: np.ndarray) -> pb.FeatureVector:
+    """Pack a list column: every PRESENT row's elements, concatenated, and
+    each row's length (0 where the row has no value)."""
+    kind = ELEMENT_KINDS[f.spec.type[5:-1]]
+    rows = [v if s == pb.PRESENT else () for v, s in zip(values, status)]
+    try:
+        if not all(isinstance(r, (list, tuple)) for r in rows):
+            raise TypeError("a value is not a list")
+        lengths = [len(r) for r in rows]
+        if kind == "string_list":
+            flat = [x for r in rows for x in r]
+        else:  # one conversion per row, not per element
+            parts = [np.asarray(r, dtype=_DTYPES[kind]) for r in rows if len(r)]
+            flat = np.concatenate(parts) if parts else np.zeros(0, _DTYPES[kind])
+        elements = pb.ValueList(**{kind: _LIST_TYPES[kind](values=flat)})
+    except (TypeError, ValueError, OverflowError) as e:
+        raise CorruptState(f"values of feature {f.ref!r} in Redis are not of its type "
+                           f"{f.spec.type!r}: {e}") from None
+    column = pb.ValueList(list_column=pb.ListColumn(elements=elements, lengths=lengths))
     return pb.FeatureVector(values=column, statuses=status.tolist(),
                             event_timestamps=timestamps.tolist())

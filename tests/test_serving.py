@@ -325,11 +325,11 @@ def test_state_that_does_not_match_the_view_is_internal(client, r):
 
 def test_manifest_with_unservable_features_is_refused():
     view = ViewSpec("emb", "user", (("user_id", "string"),), "00", TILE, None,
-                    (feature("vector", "list<float32>"),), (feature("p50", "float64", "median"),))
+                    (feature("vector", "list<decimal>"),), (feature("p50", "float64", "median"),))
     with pytest.raises(ValueError) as caught:
         lookup.check_manifest(Manifest(PROJECT, {"emb": view}, {"s": (("emb", "nope"),)}))
     message = str(caught.value)
-    assert "feature 'emb:vector' has type 'list<float32>'" in message
+    assert "feature 'emb:vector' has type 'list<decimal>'" in message
     assert "aggregates with 'median'" in message
     assert "service 's' names 'emb:nope'" in message
 

@@ -49,19 +49,37 @@ class TimestampList(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, values: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class FloatList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ListColumn(_message.Message):
+    __slots__ = ("elements", "lengths")
+    ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    elements: ValueList
+    lengths: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, elements: _Optional[_Union[ValueList, _Mapping]] = ..., lengths: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class ValueList(_message.Message):
-    __slots__ = ("int64_list", "double_list", "string_list", "bool_list", "timestamp_list")
+    __slots__ = ("int64_list", "double_list", "string_list", "bool_list", "timestamp_list", "float_list", "list_column")
     INT64_LIST_FIELD_NUMBER: _ClassVar[int]
     DOUBLE_LIST_FIELD_NUMBER: _ClassVar[int]
     STRING_LIST_FIELD_NUMBER: _ClassVar[int]
     BOOL_LIST_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_LIST_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_LIST_FIELD_NUMBER: _ClassVar[int]
+    LIST_COLUMN_FIELD_NUMBER: _ClassVar[int]
     int64_list: Int64List
     double_list: DoubleList
     string_list: StringList
     bool_list: BoolList
     timestamp_list: TimestampList
-    def __init__(self, int64_list: _Optional[_Union[Int64List, _Mapping]] = ..., double_list: _Optional[_Union[DoubleList, _Mapping]] = ..., string_list: _Optional[_Union[StringList, _Mapping]] = ..., bool_list: _Optional[_Union[BoolList, _Mapping]] = ..., timestamp_list: _Optional[_Union[TimestampList, _Mapping]] = ...) -> None: ...
+    float_list: FloatList
+    list_column: ListColumn
+    def __init__(self, int64_list: _Optional[_Union[Int64List, _Mapping]] = ..., double_list: _Optional[_Union[DoubleList, _Mapping]] = ..., string_list: _Optional[_Union[StringList, _Mapping]] = ..., bool_list: _Optional[_Union[BoolList, _Mapping]] = ..., timestamp_list: _Optional[_Union[TimestampList, _Mapping]] = ..., float_list: _Optional[_Union[FloatList, _Mapping]] = ..., list_column: _Optional[_Union[ListColumn, _Mapping]] = ...) -> None: ...
 
 class FeatureList(_message.Message):
     __slots__ = ("features",)
