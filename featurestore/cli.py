@@ -245,7 +245,8 @@ def cmd_stream(args) -> None:
     if not cfg.manifest_path.exists():
         say("note: the repo has not been applied: the server will not serve these views "
             "until `featurestore apply`")
-    stream(plan, cfg.root, cfg.project, repo.redis_url(cfg, say), options, say, fresh=args.fresh)
+    stream(plan, cfg.root, cfg.project, lambda: repo.redis_url(cfg, say), options, say,
+           fresh=args.fresh)
 
 
 def cmd_push(args) -> None:

@@ -67,6 +67,11 @@ def run(dir: Path, events: int, say: Callable[[str], None]) -> None:
     subprocess.run([sys.executable, str(dir / "generate_data.py"), "--events", str(events)],
                    check=True)
 
+    # a stream view for the last step (streaming/quickstart.py); skipped without PyFlink
+    from streaming.quickstart import add_live_view
+
+    live = add_live_view(dir)
+
     step("featurestore check")
     plan = repo.require_plan(cfg)
     say(f"ok: {len(plan.views)} views, {sum(len(v.feature_names) for v in plan.views)} features, "
@@ -85,7 +90,7 @@ def run(dir: Path, events: int, say: Callable[[str], None]) -> None:
         url = local.url
         say(f"no online_store.url configured: started a private redis-server on {url}")
     try:
-        _serve_and_lookup(cfg, plan, url, step, say)
+        _serve_and_lookup(cfg, plan, url, step, say, live)
     finally:
         if local:
             local.stop()
@@ -94,9 +99,12 @@ def run(dir: Path, events: int, say: Callable[[str], None]) -> None:
     say(f"\nquickstart finished in {total:.1f} s")
 
 
-def _serve_and_lookup(cfg, plan, url: str, step: _Step, say) -> None:
+def _serve_and_lookup(cfg, plan, url: str, step: _Step, say, live: bool = False) -> None:
     from featurestore.materialize import materialize
     from serving.client import FeatureClient
+    from streaming.quickstart import LiveJob, show_live_update
+
+    live_job = LiveJob(plan, cfg.root, cfg.project, url) if live else None  # starts meanwhile
 
     step("featurestore materialize (DuckDB -> Redis)")
     stats = materialize(plan, cfg.root, cfg.project, url, memory_limit=cfg.memory_limit,
@@ -119,6 +127,13 @@ def _serve_and_lookup(cfg, plan, url: str, step: _Step, say) -> None:
         with pd.option_context("display.max_columns", None, "display.width", 250,
                                "display.float_format", "{:.2f}".format):
             say(result.to_pandas().to_string(index=False))
+        if live_job:
+            step("featurestore stream, then featurestore push (PyFlink -> Redis -> gRPC)")
+            with FeatureClient(f"127.0.0.1:{server.port}") as client:
+                show_live_update(live_job, plan, cfg.root, client, users[0], say)
     finally:
+        if live_job:
+            live_job.stop()
+            say("stream job stopped")
         stop()
         say("server stopped")

@@ -1,6 +1,14 @@
 """Streaming engine: the same logical plan, run continuously by PyFlink.
 
-Stream views compile to Flink SQL (sources, per-tile partial aggregates) and
-a sink writes tiles to Redis through `featurestore.layout`, so a tile written
-by the stream merges with one written by batch materialization.
+    flink_expr     types, literals and expressions in Flink SQL, with the DSL's meaning
+    flink_states   tile states (featurestore.tiles) and latest rows in Flink SQL
+    flink_sql      the job: source DDL, each view's rows, outputs and settings; `render`
+    sink           the Redis writers and the contract of their input
+    udf            the Python functions that hand Flink's updates to the writers
+    job            builds and runs the job (local MiniCluster or a cluster), checkpoints
+    push           `featurestore push`: events appended to a files stream
+    quickstart     the quickstart's streaming step
+
+A tile written by the stream has the bytes a batch run would write, under the
+same keys (`featurestore.layout`); the batch engine skips stream views.
 """

@@ -1,0 +1,382 @@
+"""Flink SQL backend: the stream views of a plan as the statements of one job.
+
+Pure functions from plan nodes to Flink SQL text; `streaming.job` runs them,
+`featurestore compile` writes them (`render`). The job reads every stream
+source once and, per stream view:
+
+    <view>__rows     the source's rows after the view's filter, with
+                     __ts    event time in epoch microseconds
+                     __now   the job's clock (processing time), read once per row
+                     __drop  why the view drops the row (late, future, invalid), or null
+    <view>__tiles    per (entity, tile) the tile state (streaming.flink_states)
+    <view>__latest   per entity the latest row (streaming.flink_states)
+    <view>__dropped  per reason and hour, how many rows the view dropped
+
+Each of the last three is inserted through a Python function of its own
+(streaming.job) that writes its updates to Redis (streaming.sink). No Python
+runs per event: aggregations mini-batch, so Python sees one update per key
+and batch.
+
+Late events: the GROUP BYs have no event-time window, so an event updates its
+tile whenever it arrives. A view drops an event only when no window or ttl of
+the view can reach it at the job's clock, or when it arrives later after its
+event time than the source's `lateness` allows; each drop is counted.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsl.plan import Plan, Source, View
+from streaming import flink_states, sink
+from streaming.flink_expr import (KINDS, Unsupported, epoch_us, expr_sql, floor_to, ident,
+                                  sql_type, string)
+from streaming.sink import Field
+
+US = 1_000_000
+HOUR_US = 3600 * US
+# Events further ahead of the job's clock than this are dropped (and counted)
+# as "future": a producer's clock, or its time zone, is wrong.
+MAX_FUTURE_US = HOUR_US
+# Counts of dropped events are kept per hour of the job's clock, so that Flink
+# can forget an hour's count once the hour is over.
+DROP_HOUR_US = HOUR_US
+SINK_TABLE = "featurestore_written"
+
+__all__ = ["Unsupported", "Job", "Tuning", "SourceSettings", "compile_job", "render",
+           "source_ddl", "stream_views"]
+
+
+# ================================================================ sources
+@dataclass(frozen=True)
+class SourceSettings:
+    """How sources are read; they appear in the DDL."""
+    root: Path = Path("")            # the repo: relative file paths are below it
+    monitor_interval_ms: int = 100   # how often a files folder is listed
+    bounded: bool = False            # read the files there are, then stop (benchmarks)
+
+
+def source_ddl(source: Source, settings: SourceSettings = SourceSettings()) -> str:
+    """CREATE TABLE for a stream source; timestamps are TIMESTAMP_LTZ(6) (UTC)."""
+    if source.kind != "stream":
+        raise Unsupported(f"source {source.name} is a {source.kind} source, not a stream")
+    columns = [f"  {ident(c)} {sql_type(t)}" for c, t in source.schema]
+    options = _CONNECTORS[source.format](source, settings)
+    body = ",\n".join(columns)
+    opts = ",\n".join(f"  {string(k)} = {string(v)}" for k, v in options)
+    return f"CREATE TEMPORARY TABLE {ident(source.name)} (\n{body}\n) WITH (\n{opts}\n)"
+
+
+def _format_options(source: Source) -> list[tuple[str, str]]:
+    fmt = dict(source.options).get("format", "json")
+    if fmt == "json":
+        # Timestamps as ISO-8601 with a Z ("2026-01-01T12:00:00.000001Z"). A
+        # field that does not parse is null (the row is then "invalid" when
+        # that is its time or a key); a line that is not JSON is skipped.
+        return [("format", "json"), ("json.timestamp-format.standard", "ISO-8601"),
+                ("json.ignore-parse-errors", "true")]
+    if fmt == "csv":  # timestamps as "2026-01-01 12:00:00.000001Z"
+        return [("format", "csv"), ("csv.ignore-parse-errors", "true")]
+    raise Unsupported(f"stream format {fmt!r}")
+
+
+def _files(source: Source, settings: SourceSettings) -> list[tuple[str, str]]:
+    path = Path(source.path)
+    if not path.is_absolute() and settings.root != Path(""):
+        path = settings.root / path
+    uri = path.resolve().as_uri() if path.is_absolute() else source.path
+    options = [("connector", "filesystem"), ("path", uri)]
+    if not settings.bounded:
+        options.append(("source.monitor-interval", f"{settings.monitor_interval_ms} ms"))
+    return options + _format_options(source)
+
+
+_KAFKA_START = {"earliest": "earliest-offset", "latest": "latest-offset"}
+
+
+def _kafka(source: Source, settings: SourceSettings) -> list[tuple[str, str]]:
+    opts = dict(source.options)
+    # By default the group's committed offsets, else the earliest: a first
+    # start computes every tile that the topic still holds.
+    start = _KAFKA_START.get(opts.get("start", ""), "group-offsets")
+    options = [("connector", "kafka"), ("topic", source.path),
+               ("properties.bootstrap.servers", opts["servers"]),
+               ("properties.group.id", opts.get("group", f"featurestore-{source.name}")),
+               ("scan.startup.mode", start)]
+    if start == "group-offsets":
+        options.append(("properties.auto.offset.reset", "earliest"))
+    return options + _format_options(source)
+
+
+def _datagen(source: Source, settings: SourceSettings) -> list[tuple[str, str]]:
+    opts = dict(source.options)
+    options = [("connector", "datagen"), ("rows-per-second", opts.get("rows_per_second", "1000"))]
+    if "rows" in opts:
+        options.append(("number-of-rows", opts["rows"]))
+    for column, type_ in source.schema:
+        if type_ == "string":  # 4 hex digits: up to 65,536 distinct keys
+            options.append((f"fields.{column}.length", "4"))
+    return options
+
+
+_CONNECTORS = {"files": _files, "kafka": _kafka, "datagen": _datagen}
+
+
+# ================================================================ views
+def retention_us(view: View) -> int | None:
+    """How far back from the start of the current tile a window of the view
+    reaches; None when some aggregation keeps all history (as batch)."""
+    spans = [a.window_us or view.ttl_us for a in view.aggregations]
+    return None if any(s is None for s in spans) else max(spans, default=0)
+
+
+def rows_keep_us(view: View) -> int | None:
+    """How long a latest row is kept: twice the ttl, so that a row past its
+    ttl reads as OUTSIDE_MAX_AGE for a while (as batch keeps it)."""
+    return None if view.ttl_us is None else 2 * view.ttl_us
+
+
+def tiles_keep_us(view: View) -> int | None:
+    keep = retention_us(view)
+    return None if keep is None else keep + 2 * view.tile_us
+
+
+def rows_view(view: View) -> str:
+    return f"{view.name}__rows"
+
+
+def view_rows_sql(view: View, source: Source) -> str:
+    """The view's rows (its filter applied) with __ts, __now and __drop.
+
+    __now is read once per row, in a projection of its own (the planner does
+    not copy a non-deterministic expression into its several uses), so the
+    decisions about one row in one output agree. The outputs read the clock
+    each for itself: at the instant a tile falls out of every window they
+    may disagree about an event of that tile, which no request can read."""
+    keys = [ident(k) for k, _ in view.keys]
+    where = f" WHERE ({expr_sql(view.filter)}) IS TRUE" if view.filter is not None else ""
+    inner = (f"SELECT *, {epoch_us(ident(source.timestamp))} AS `__ts`, "
+             f"UNIX_TIMESTAMP() * 1000000 AS `__now` FROM {ident(source.name)}{where}")
+    invalid = " OR ".join(["`__ts` IS NULL", *(f"{k} IS NULL" for k in keys)])
+    late = _late(view, source)
+    late = f"WHEN {late} THEN 'late' " if late else ""
+    return (f"CREATE TEMPORARY VIEW {ident(rows_view(view))} AS\n"
+            f"SELECT *, CASE WHEN {invalid} THEN 'invalid' "
+            f"WHEN `__ts` > `__now` + {MAX_FUTURE_US} THEN 'future' {late}END AS `__drop`\n"
+            f"FROM ({inner})")
+
+
+def _tile_cut(view: View) -> str:
+    """Condition on a row: its tile is within reach of a window at __now."""
+    keep = retention_us(view)
+    if keep is None:
+        return "TRUE"
+    return f"{floor_to('`__ts`', view.tile_us)} >= {floor_to('`__now`', view.tile_us)} - {keep}"
+
+
+def _row_cut(view: View) -> str:
+    """Condition on a row: it may still be the latest row that a request reads."""
+    keep = rows_keep_us(view)
+    return "TRUE" if keep is None else f"`__ts` > `__now` - {keep}"
+
+
+def _kept(cut: str) -> str:
+    return "`__drop` IS NULL" + ("" if cut == "TRUE" else f" AND {cut}")
+
+
+def _late(view: View, source: Source) -> str | None:
+    """Condition on a row: no output of the view has a use for it, or it is
+    later than the source's lateness; None when no row is ever late."""
+    cuts = ([_tile_cut(view)] if view.aggregations else []) + \
+           ([_row_cut(view)] if view.row_features else [])
+    # Lateness is the delay between an event's time and its arrival, on the
+    # job's clock. (Not a watermark: mini-batches replace the watermarks of
+    # event time with their own markers of processing time.)
+    conditions = [] if source.lateness_us is None else \
+        [f"`__ts` < `__now` - {source.lateness_us}"]
+    if cuts and "TRUE" not in cuts:
+        conditions.append("NOT (" + " OR ".join(f"({c})" for c in cuts) + ")")
+    return " OR ".join(conditions) or None
+
+
+def dropped_sql(view: View) -> str:
+    """Per reason and hour of the job's clock: how many rows the view dropped."""
+    hour = floor_to("`__now`", DROP_HOUR_US)
+    return (f"CREATE TEMPORARY VIEW {ident(view.name + '__dropped')} AS\n"
+            f"SELECT `__drop`, {hour} AS `__hour`, COUNT(*) AS `__count` "
+            f"FROM {ident(rows_view(view))} WHERE `__drop` IS NOT NULL "
+            f"GROUP BY `__drop`, {hour}")
+
+
+# ================================================================ outputs
+def view_output(view: View) -> sink.ViewOutput:
+    """What the writers must know of a view."""
+    keys = tuple(Field(f"k{j}", KINDS[t], False) for j, (_, t) in enumerate(view.keys))
+    states = tuple(sink.State(agg.function, agg.input_type,
+                              tuple(sink.StateColumn(s.decoder, s.fields) for s in cols))
+                   for agg, cols in flink_states.aggregation_states(view))
+    return sink.ViewOutput(
+        name=view.name, fingerprint=view.fingerprint(), keys=keys, states=states,
+        row_kinds=tuple(KINDS.get(f.type, "list") for f in view.row_features),
+        tile_us=view.tile_us, tiles_keep_us=tiles_keep_us(view),
+        rows_keep_us=rows_keep_us(view), future_us=MAX_FUTURE_US)
+
+
+_TYPED = {"int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN", "string": "STRING",
+          "decimal": "DECIMAL(38, 0)"}
+_ZERO = {"int": "CAST(0 AS BIGINT)", "float": "0E0", "bool": "FALSE"}
+
+
+def _arguments(view: View, out: sink.ViewOutput, part: str) -> list[tuple[str, str]]:
+    """(SQL, type) of each argument of a part's function, in sink.input_fields
+    order: a flagged field is its value (never null) and its null flag."""
+    if part == sink.TILES:
+        sources = [*(ident(k) for k, _ in view.keys), "`__tile`",
+                   *(ident(f.name) for f in flink_states.state_fields(view))]
+    elif part == sink.LATEST:
+        sources = [*(ident(k) for k, _ in view.keys), "`latest`"]
+    else:
+        sources = ["`__drop`", "`__hour`", "`__count`"]
+    fields = [f for f in sink.input_fields(out, part) if not f.name.endswith("__null")]
+    args = []
+    for sql, f in zip(sources, fields, strict=True):
+        typed = _TYPED.get(f.kind)
+        value = f"CAST({sql} AS {typed})" if typed else sql
+        if f.flagged:
+            args += [(f"COALESCE({value}, {_ZERO[f.kind]})", typed), (f"{sql} IS NULL", "BOOLEAN")]
+        else:
+            args.append((value, typed or "ARRAY<STRING>"))
+    return args
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output of one view: the function that writes it and its INSERT."""
+    view: int                 # index in Job.outputs
+    part: str                 # sink.TILES, LATEST or DROPPED
+    function: str             # the name the Python function is registered under
+    insert: str               # through the function into SINK_TABLE
+    discard: str              # the same arguments into a blackhole (benchmarks)
+    discard_table: str        # CREATE TABLE of that blackhole
+
+
+def _output(view: View, index: int, out: sink.ViewOutput, part: str) -> Output:
+    function = f"featurestore_{view.name}_{part}"
+    args = _arguments(view, out, part)
+    source = ident(f"{view.name}__{part}")
+    insert = (f"INSERT INTO {ident(SINK_TABLE)}\n"
+              f"SELECT {function}({', '.join(a for a, _ in args)}) FROM {source}")
+    table = f"{view.name}__{part}__discarded"
+    columns = ", ".join(f"`c{i}` {t}" for i, (_, t) in enumerate(args))
+    return Output(index, part, function, insert,
+                  f"INSERT INTO {ident(table)} SELECT {', '.join(a for a, _ in args)} FROM {source}",
+                  f"CREATE TEMPORARY TABLE {ident(table)} ({columns}) WITH ('connector' = 'blackhole')")
+
+
+# ================================================================ the job
+@dataclass(frozen=True)
+class Tuning:
+    """Knobs of the job that trade freshness against throughput."""
+    minibatch_ms: int = 400            # aggregations buffer their input this long
+    minibatch_size: int = 1_000_000    # ... or this many rows
+    bundle_ms: int = 50                # Python receives updates at least this often
+    bundle_size: int = 100_000
+    arrow_batch_size: int = 20_000
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything the streaming job runs, as text."""
+    views: tuple[str, ...]
+    statements: tuple[str, ...]        # DDL and views, in order
+    outputs: tuple[Output, ...]
+    sinks: tuple[sink.ViewOutput, ...]
+    config: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of what decides the job's state: a changed job never restores
+        an older one's checkpoints."""
+        text = "\n".join((*self.statements, *(o.insert for o in self.outputs)))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def stream_views(plan: Plan) -> list[View]:
+    """The views the streaming job computes: those over stream sources."""
+    return [v for v in plan.views if plan.source(v.source).kind == "stream"]
+
+
+def compile_job(plan: Plan, settings: SourceSettings = SourceSettings(),
+                tuning: Tuning = Tuning()) -> Job:
+    """The job of a plan's stream views; Unsupported names what cannot run."""
+    views = stream_views(plan)
+    if not views:
+        raise Unsupported("no view reads a stream source")
+    statements = [source_ddl(plan.source(s), settings) for s in sorted({v.source for v in views})]
+    outputs, sinks = [], []
+    for i, v in enumerate(views):
+        statements.append(view_rows_sql(v, plan.source(v.source)))
+        if v.aggregations:
+            statements.append(flink_states.tiles_sql(v, rows_view(v), _kept(_tile_cut(v))))
+        if v.row_features:
+            statements.append(flink_states.latest_sql(v, rows_view(v), _kept(_row_cut(v))))
+        statements.append(dropped_sql(v))
+        out = view_output(v)
+        sinks.append(out)
+        outputs += [_output(v, i, out, part) for part in out.parts]
+    statements.append(f"CREATE TEMPORARY TABLE {ident(SINK_TABLE)} (`written` BIGINT) "
+                      "WITH ('connector' = 'blackhole')")
+    return Job(tuple(v.name for v in views), tuple(statements), tuple(outputs), tuple(sinks),
+               job_config(views, tuning))
+
+
+def job_config(views: list[View], tuning: Tuning) -> dict[str, str]:
+    """Table settings of the job. State lives as long as an update can still
+    reach it: a tile until no window reaches it, a latest row for twice the
+    ttl (forever when a view has no ttl), plus the future an event may have."""
+    needs = [2 * DROP_HOUR_US]
+    for v in views:
+        if v.aggregations:
+            needs.append(tiles_keep_us(v))
+        if v.row_features:
+            needs.append(rows_keep_us(v))
+    ttl = "0 ms" if None in needs else f"{(max(needs) + MAX_FUTURE_US) // 1000} ms"
+    return {
+        # Chained operators pass rows on without copying them (a third more
+        # throughput); Flink SQL's operators do not keep rows they emitted.
+        "pipeline.object-reuse": "true",
+        "table.local-time-zone": "UTC",
+        "table.exec.state.ttl": ttl,
+        "table.exec.mini-batch.enabled": "true",
+        "table.exec.mini-batch.allow-latency": f"{tuning.minibatch_ms} ms",
+        "table.exec.mini-batch.size": str(tuning.minibatch_size),
+        "table.optimizer.agg-phase-strategy": "TWO_PHASE",
+        "python.fn-execution.bundle.time": str(tuning.bundle_ms),
+        "python.fn-execution.bundle.size": str(tuning.bundle_size),
+        "python.fn-execution.arrow.batch.size": str(tuning.arrow_batch_size),
+    }
+
+
+# ================================================================ artifacts
+def render(plan: Plan) -> dict[str, str]:
+    """The job as a readable SQL script, for `featurestore compile`: file
+    name -> text; {} when no view reads a stream. Paths of files sources stay
+    relative to the repo, so the text does not depend on the machine."""
+    if not stream_views(plan):
+        return {}
+    try:
+        job = compile_job(plan)
+    except Unsupported as e:
+        return {"job.sql": f"-- the streaming job cannot run: {e}\n"}
+    settings = "".join(f"SET {string(k)} = {string(v)};\n" for k, v in sorted(job.config.items()))
+    body = ";\n\n".join(job.statements)
+    inserts = ";\n\n".join(o.insert for o in job.outputs)
+    return {"job.sql": (
+        f"-- The streaming job of views {', '.join(job.views)} (`featurestore stream`).\n"
+        "-- Each featurestore_<view>_<output> is a Python function of streaming.job\n"
+        "-- that writes its updates to Redis through featurestore.layout.\n\n"
+        f"{settings}\n{body};\n\n{inserts};\n")}
+
+
+artifacts = render  # the name featurestore.compile looks up

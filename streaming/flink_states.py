@@ -1,0 +1,290 @@
+"""The states of a stream view in Flink SQL: tiles and latest rows.
+
+    tiles    per (entity, tile), the state columns of every aggregation as
+             featurestore.tiles defines them, by a continuous GROUP BY
+    latest   per entity, the latest row, by a continuous GROUP BY over its
+             order text (MAX), which mini-batches as a top-1 cannot
+
+Both read `<view>__rows` (streaming.flink_sql) and are decoded by
+streaming.sink. Flink's MIN and MAX compare strings by their UTF-8 bytes;
+the order texts below turn the orders that tiles.py and the batch engine's
+tie-breaks use into byte order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dsl.plan import View
+from featurestore import tiles
+from streaming.flink_expr import (KINDS, Unsupported, double, expr_sql, floor_to, ident,
+                                  stored_sql)
+from streaming.sink import Field
+
+OFFSET_62, OFFSET_63 = 2 ** 62, 2 ** 63
+_TWO_63, _TWO_62, _TWO_31, _TWO_32 = (double(2.0 ** 63), double(2.0 ** 62), double(2.0 ** 31),
+                                      double(2.0 ** 32))
+
+
+# ================================================================ order texts
+def ts_text(ts: str) -> str:
+    """19 digits of ts + 2**62: fixed width, in time order."""
+    return f"LPAD(CAST({ts} + {OFFSET_62} AS STRING), 19, '0')"
+
+
+def int_text(x: str) -> str:
+    """20 digits of x + 2**63 (exact in DECIMAL): fixed width, in value order."""
+    return (f"LPAD(CAST(CAST({x} AS DECIMAL(20, 0)) + CAST('{OFFSET_63}' AS DECIMAL(20, 0)) "
+            "AS STRING), 20, '0')")
+
+
+def float_text(x: str, q: str) -> str:
+    """A float64 x (never -0.0) in value order: a class (0 -inf, 1 negative,
+    2 zero, 3 positive, 4 +inf, 5 NaN), then for finite values the biased
+    exponent q + 1075 of x's last bit and the significand |x| / 2**q, both
+    exact integers (q from `float_steps`)."""
+    biased = f"CAST({q} + 1075 AS BIGINT)"                       # 1 .. 2046
+    significand = f"CAST(ABS({x}) / POWER(2E0, {q}) AS BIGINT)"  # < 2**53
+    positive = (f"'3' || LPAD(CAST({biased} AS STRING), 4, '0') || "
+                f"LPAD(CAST({significand} AS STRING), 16, '0')")
+    negative = (f"'1' || LPAD(CAST(2048 - {biased} AS STRING), 4, '0') || "
+                f"LPAD(CAST({2 ** 53} - {significand} AS STRING), 16, '0')")
+    return (f"(CASE WHEN NOT ({x} = {x}) THEN '5' WHEN {x} = CAST('Infinity' AS DOUBLE) THEN '4' "
+            f"WHEN {x} = CAST('-Infinity' AS DOUBLE) THEN '0' WHEN {x} = 0 THEN '2' "
+            f"WHEN {x} > 0 THEN {positive} ELSE {negative} END)")
+
+
+def float_steps(x: str, name: str) -> tuple[str, str]:
+    """Two projections that find q, the exponent of a float64's last bit:
+    `g<name>` ~ floor(log2|x|) (LOG2 may miss by one next to a power of two,
+    so it is checked against POWER), then `q<name>` = max(g - 52, -1074)."""
+    g, absx = f"`__g{name}`", f"ABS({x})"
+    exponent = (f"CASE WHEN {absx} < POWER(2E0, {g}) THEN {g} - 1 "
+                f"WHEN {absx} >= POWER(2E0, {g} + 1) THEN {g} + 1 ELSE {g} END")
+    return (f"FLOOR(LOG2({absx})) AS `__g{name}`",
+            f"GREATEST({exponent} - 52, -1074E0) AS `__q{name}`")
+
+
+def string_text(x: str) -> str:
+    """A string that ends where its text ends: NUL written as NUL SOH, then
+    NUL NUL. Byte order of the texts is the order of the strings."""
+    return f"REPLACE({x}, CHR(0), CHR(0) || CHR(1)) || CHR(0) || CHR(0)"
+
+
+def pair_sql(ts: str, x: str, type_: str, q: str = "") -> str:
+    """(ts, x) as text in the order of (ts, x) in value order (first and last
+    are its MIN and MAX); sink.DECODERS["pair_<kind>"] reads it back."""
+    kind = KINDS[type_]
+    if kind == "int":
+        value = int_text(x)
+    elif kind == "bool":
+        value = f"CASE WHEN {x} THEN '1' WHEN NOT {x} THEN '0' END"
+    elif kind == "string":
+        value = x
+    else:  # Java's digits after the order: exact, and equal for equal values
+        value = f"{float_text(x, q)} || '|' || CAST({x} AS STRING)"
+    return f"({ts_text(ts)} || {value})"
+
+
+# ================================================================ tiles
+@dataclass(frozen=True)
+class StateSql:
+    """One tiles.StateColumn in Flink: aggregate expressions, the columns
+    they fill in the tiles view (as sink fields), and the decoder that makes
+    the state column from their values."""
+    aggregates: tuple[str, ...]
+    fields: tuple[Field, ...]
+    decoder: str
+
+
+def _input_sql(input_: str, k: int) -> str:
+    """A per-row input of tiles.py over aggregation k's argument x<k>, as a
+    BIGINT (b2, which needs 64 unsigned bits, as a DECIMAL)."""
+    x, a, b = f"`__x{k}`", f"`__a{k}`", f"`__b{k}`"
+    hi = f"CASE WHEN ABS({x}) < {_TWO_63} THEN CAST({x} AS BIGINT) END"
+    return {
+        "int": x,
+        "hi": hi,
+        # x - trunc(x) is exact, and so is scaling it by a power of two
+        "lo": (f"CASE WHEN ABS({x}) < {_TWO_63} THEN CAST(({x} - CAST({hi} AS DOUBLE)) "
+               f"* {_TWO_62} AS BIGINT) END"),
+        "out63": f"CASE WHEN NOT (ABS({x}) < {_TWO_63}) THEN 1 END",
+        "out31": f"CASE WHEN NOT (ABS({x}) < {_TWO_31}) THEN 1 END",
+        "fixed": f"`__fixed{k}`",
+        "a2": f"{a} * {a}",
+        "ab": f"{a} * {b}",
+        "b2": f"CAST({b} AS DECIMAL(20, 0)) * CAST({b} AS DECIMAL(20, 0))",
+    }[input_]
+
+
+def _low(v: str) -> str:
+    """The low 32 bits of a BIGINT, in [0, 2**32): v = high * 2**32 + low."""
+    return f"MOD(MOD({v}, 4294967296) + 4294967296, 4294967296)"
+
+
+def state_sql(c: tiles.StateColumn, k: int, type_: str | None, where: str) -> StateSql:
+    """The Flink form of state column c of aggregation k (`where`: its FILTER)."""
+    name, x = f"__s{k}_{c.name}", f"`__x{k}`"
+    if c.reduce == "count":
+        arg = {"row": "*", "value": x}.get(c.input) or _input_sql(c.input, k)
+        return StateSql((f"COUNT({arg}){where}",), (Field(name, "int", False),), "value")
+    if c.reduce == "sum" and c.input == "b2":
+        return StateSql((f"SUM(`__i{k}_{c.name}`){where}",), (Field(name, "decimal"),), "int")
+    if c.reduce == "sum":
+        # Exact without DECIMAL arithmetic (which costs an object per row):
+        # sums of the high and low 32 bits, each far from overflowing BIGINT.
+        i, low = f"`__i{k}_{c.name}`", f"`__l{k}_{c.name}`"
+        return StateSql((f"SUM(({i} - {low}) / 4294967296){where}", f"SUM({low}){where}"),
+                        (Field(name + "_h", "int"), Field(name + "_l", "int")), "halves")
+    if c.reduce == "set":
+        only = f"{x} IS NOT NULL"
+        where = f" FILTER (WHERE {only})" if not where else where[:-1] + f" AND {only})"
+        return StateSql((f"ARRAY_AGG(DISTINCT {x}){where}",), (Field(name, "list"),), "set")
+    if c.input == "ts_value":
+        return StateSql((f"{c.reduce.upper()}(`__pair{k}`){where}",), (Field(name, "string"),),
+                        f"pair_{KINDS[type_]}")
+    if KINDS[type_] == "float":
+        # Flink's MIN/MAX compare as Java's < does, which orders no NaN:
+        # NaN is counted apart and placed above every number by the decoder.
+        return StateSql((f"{c.reduce.upper()}(CASE WHEN {x} = {x} THEN {x} END){where}",
+                         f"COUNT(CASE WHEN NOT ({x} = {x}) THEN 1 END){where}"),
+                        (Field(name, "float"), Field(name + "_nan", "int", False)),
+                        f"{c.reduce}_float")
+    return StateSql((f"{c.reduce.upper()}({x}){where}",), (Field(name, KINDS[type_]),), "value")
+
+
+def aggregation_states(view: View) -> list[tuple[tiles.Aggregation, list[StateSql]]]:
+    """Per aggregation of the view: its tile state and the state's Flink columns."""
+    out = []
+    for k, a in enumerate(view.aggregations):
+        type_ = a.arg.type if a.arg is not None else None
+        try:
+            agg = tiles.aggregation(a.function, type_)
+        except ValueError as e:
+            raise Unsupported(str(e)) from None
+        where = f" FILTER (WHERE `__w{k}`)" if a.where is not None else ""
+        out.append((agg, [state_sql(c, k, type_, where) for c in agg.columns]))
+    return out
+
+
+def _arguments_sql(view: View) -> list[str]:
+    """x<k>: the argument as tiles.py reads it (float zeros made +0.0,
+    timestamps as epoch µs); w<k>: the aggregation's `where`."""
+    cols = []
+    for k, a in enumerate(view.aggregations):
+        if a.arg is not None:
+            cols.append(f"{_value_sql(expr_sql(a.arg), a.arg.type)} AS `__x{k}`")
+        if a.where is not None:
+            cols.append(f"({expr_sql(a.where)}) IS TRUE AS `__w{k}`")
+    return cols
+
+
+def _value_sql(sql: str, type_: str) -> str:
+    if type_ in ("float64", "float32"):
+        sql = f"CAST({sql} AS DOUBLE)"
+        return f"(CASE WHEN {sql} = 0 THEN 0E0 ELSE {sql} END)"
+    return stored_sql(sql, type_)
+
+
+def _derived_sql(view: View) -> list[list[str]]:
+    """Columns over x<k>, in steps that each read the ones before. variance:
+    fixed<k> (tiles.py's fixed point), then a<k>, b<k> with fixed = a * 2**32
+    + b and 0 <= b < 2**32 (their products fit in 64 bits). first, last:
+    pair<k> (`pair_sql`), for float64 after the steps that find its exponent.
+    Sums: i<k>_<column>, the summed input, then l<k>_<column>, its low bits."""
+    steps: list[list[str]] = [[], [], [], []]
+    for k, (a, (agg, _)) in enumerate(zip(view.aggregations, aggregation_states(view))):
+        t = a.arg.type if a.arg is not None else None
+        x = f"`__x{k}`"
+        if a.function in ("variance", "stddev"):
+            fixed = x if t in ("int64", "int32") else (
+                f"CASE WHEN ABS({x}) < {_TWO_31} THEN CAST({x} * {_TWO_32} AS BIGINT) END")
+            steps[0].append(f"{fixed} AS `__fixed{k}`")
+            steps[1] += [f"{_low(f'`__fixed{k}`')} AS `__b{k}`",
+                         f"(`__fixed{k}` - {_low(f'`__fixed{k}`')}) / 4294967296 AS `__a{k}`"]
+        if a.function in ("first", "last"):
+            if KINDS[t] == "float":
+                g, q = float_steps(x, str(k))
+                steps[0].append(g)
+                steps[1].append(q)
+            steps[2].append(f"{pair_sql('`__ts`', x, t, f'`__q{k}`')} AS `__pair{k}`")
+        for c in agg.columns:
+            if c.reduce == "sum":
+                steps[2].append(f"{_input_sql(c.input, k)} AS `__i{k}_{c.name}`")
+                if c.input != "b2":
+                    steps[3].append(f"{_low(f'`__i{k}_{c.name}`')} AS `__l{k}_{c.name}`")
+    return steps
+
+
+def tiles_sql(view: View, rows: str, cut: str) -> str:
+    """Per (entity, tile) of the view's rows that pass `cut`: the state
+    columns of every aggregation, updated as rows arrive."""
+    keys = ", ".join(ident(k) for k, _ in view.keys)
+    columns = [f"{agg} AS {ident(f.name)}" for _, states in aggregation_states(view)
+               for s in states for agg, f in zip(s.aggregates, s.fields)]
+    select = (f"SELECT *, {floor_to('`__ts`', view.tile_us)} AS `__tile` "
+              f"FROM {ident(rows)} WHERE {cut}")
+    select = f"SELECT {', '.join([keys, '`__tile`', '`__ts`', *_arguments_sql(view)])} FROM ({select})"
+    for step in _derived_sql(view):
+        if step:
+            select = f"SELECT *, {', '.join(step)} FROM ({select})"
+    return (f"CREATE TEMPORARY VIEW {ident(view.name + '__tiles')} AS\n"
+            f"SELECT {keys}, `__tile`, {', '.join(columns)}\n"
+            f"FROM ({select})\n"
+            f"GROUP BY {keys}, `__tile`")
+
+
+# ================================================================ latest rows
+def latest_text_sql(view: View) -> tuple[list[list[str]], str]:
+    """The row of a view as text whose byte order is the batch engine's
+    choice of the latest row: greatest event time, then the row features in
+    order (null lowest; numbers with NaN highest and -0.0 equal to 0.0;
+    strings by code point), then the signs of float zeros (-0.0 above).
+    Java's digits of float features end it, so that every value reads back
+    exactly (sink.decode_latest). Returns (projection steps, the text)."""
+    # steps: the feature values; float zeros made +0.0; log2; the exponent
+    steps: list[list[str]] = [[], [], [], []]
+    parts, signs, digits = [ts_text("`__ts`")], [], []
+    for i, f in enumerate(view.row_features):
+        if f.type.startswith("list<"):
+            raise Unsupported(f"row feature {f.name!r} of type {f.type} in a stream view")
+        v = f"`__f{i}`"
+        steps[0].append(f"{stored_sql(expr_sql(f.expr), f.type)} AS {v}")
+        kind = KINDS[f.type]
+        if kind == "float":
+            n = f"`__n{i}`"
+            steps[1].append(f"CASE WHEN {v} = 0 THEN 0E0 ELSE CAST({v} AS DOUBLE) END AS {n}")
+            g, q = float_steps(n, f"_{i}")
+            steps[2].append(g)
+            steps[3].append(q)
+            text = float_text(n, f"`__q_{i}`")
+            signs.append(f"CASE WHEN {v} = 0 AND 1E0 / {v} < 0 THEN '1' ELSE '0' END")
+            digits.append(f"'|' || COALESCE(CAST(CAST({v} AS DOUBLE) AS STRING), '')")
+        elif kind == "int":
+            text = int_text(v)
+        elif kind == "bool":
+            text = f"CASE WHEN {v} THEN '1' ELSE '0' END"
+        else:
+            text = string_text(v)
+        parts.append(f"CASE WHEN {v} IS NULL THEN '0' ELSE '1' || {text} END")
+    return steps, " || ".join(parts + signs + digits)
+
+
+def latest_sql(view: View, rows: str, cut: str) -> str:
+    """Per entity of the view's rows that pass `cut`: the latest row's text
+    (`latest_text_sql`), as the MAX of a GROUP BY, so that updates of one
+    entity within a mini-batch leave as one."""
+    keys = ", ".join(ident(k) for k, _ in view.keys)
+    steps, text = latest_text_sql(view)
+    select = f"SELECT * FROM {ident(rows)} WHERE {cut}"
+    for step in steps:
+        if step:
+            select = f"SELECT *, {', '.join(step)} FROM ({select})"
+    return (f"CREATE TEMPORARY VIEW {ident(view.name + '__latest')} AS\n"
+            f"SELECT {keys}, MAX({text}) AS `latest`\n"
+            f"FROM ({select})\n"
+            f"GROUP BY {keys}")
+
+
+def state_fields(view: View) -> list[Field]:
+    """The tiles view's state columns, as the sink reads them, in order."""
+    return [f for _, states in aggregation_states(view) for s in states for f in s.fields]

@@ -1,0 +1,370 @@
+"""The Redis writers of the streaming job, and the contract of their input.
+
+Each stream view has up to three outputs in the Flink job, each ending in a
+Python function (`streaming.job`) that hands Arrow batches to a `RedisSink`:
+
+    tiles     per (entity, tile): the state columns of every aggregation
+    latest    per entity: the latest row, as flink_states.latest_text_sql spells it
+    dropped   per reason and hour: how many events the view dropped
+
+Every update carries the full state of what it describes, so a write replaces
+what Redis held, and an update replayed after a failure writes the same bytes
+again: delivery is at-least-once, the effect exactly-once. Keys and values
+are built by `featurestore.layout` only.
+
+`input_fields` is the contract with `streaming.flink_sql`: the columns each
+function receives, in order. This module imports neither pyflink nor pandas:
+the Python workers import it, and tests drive it with plain lists.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from featurestore import layout, tiles
+
+TILES, LATEST, DROPPED = "tiles", "latest", "dropped"
+_OFFSET_62, _OFFSET_63 = 2 ** 62, 2 ** 63
+
+
+@dataclass(frozen=True)
+class Field:
+    """One input column. `kind` is how values travel: int, float, bool,
+    string, decimal or list. Nullable numbers and booleans travel as a value
+    that is never null plus a `<name>__null` flag: Arrow-to-pandas turns
+    nulls into NaN, and integer columns with nulls into floats (which lose
+    digits beyond 2**53)."""
+    name: str
+    kind: str
+    nullable: bool = True
+
+    @property
+    def flagged(self) -> bool:
+        return self.nullable and self.kind in ("int", "float", "bool")
+
+    @property
+    def flag(self) -> str:
+        return self.name + "__null"
+
+
+@dataclass(frozen=True)
+class StateColumn:
+    """The fields that carry one column of a tile state (featurestore.tiles),
+    and the decoder (`DECODERS`) that makes the column's values from them."""
+    decoder: str
+    fields: tuple[Field, ...]
+
+
+@dataclass(frozen=True)
+class State:
+    """The tile state of one aggregation: `tiles.aggregation(function,
+    input_type).state(...)` of its decoded columns."""
+    function: str
+    input_type: str | None
+    columns: tuple[StateColumn, ...]
+
+
+@dataclass(frozen=True)
+class ViewOutput:
+    """What the writers must know of one stream view."""
+    name: str
+    fingerprint: str
+    keys: tuple[Field, ...]
+    states: tuple[State, ...]          # empty when the view has no aggregations
+    row_kinds: tuple[str, ...]         # kind of each row feature; empty when none
+    tile_us: int
+    tiles_keep_us: int | None          # a tiles key lives this long after its newest tile
+    rows_keep_us: int | None           # a row key lives this long after its event time
+    future_us: int                     # how far ahead of the clock an event may be
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(p for p, present in ((TILES, bool(self.states)),
+                                          (LATEST, bool(self.row_kinds)), (DROPPED, True))
+                     if present)
+
+
+def input_fields(view: ViewOutput, part: str) -> list[Field]:
+    """The columns the function of `part` receives, in order, each flagged
+    field followed by its null flag."""
+    if part == TILES:
+        fields = [*view.keys, Field("tile", "int", False),
+                  *(f for s in view.states for c in s.columns for f in c.fields)]
+    elif part == LATEST:
+        fields = [*view.keys, Field("latest", "string", False)]
+    else:
+        fields = [Field("reason", "string", False), Field("hour", "int", False),
+                  Field("count", "int", False)]
+    out = []
+    for f in fields:
+        out.append(f)
+        if f.flagged:
+            out.append(Field(f.flag, "bool", False))
+    return out
+
+
+# ------------------------------------------------------------ decoding
+def _values(column: list, flags: list | None) -> list:
+    return column if flags is None else [None if f else v for v, f in zip(column, flags)]
+
+
+def _exact_ints(columns: list) -> list:
+    return [None if v is None else int(v) for v in columns[0]]
+
+
+def _halves(columns: list) -> list:
+    """Exact integers from the sums of their high and low 32 bits."""
+    return [None if h is None else (h << 32) + low for h, low in zip(*columns)]
+
+
+def _max_floats(columns: list) -> list:
+    # NaN travels apart (Flink's MAX skips it): it is above every number
+    return [math.nan if nans else v for v, nans in zip(*columns)]
+
+
+def _min_floats(columns: list) -> list:
+    return [math.nan if v is None and nans else v for v, nans in zip(*columns)]
+
+
+def _sets(columns: list) -> list:
+    return [sorted(v or (), key=tiles.order_key) for v in columns[0]]
+
+
+def _pairs(parse: Callable[[str], object]) -> Callable[[list], list]:
+    """(ts, value) pairs from flink_states.pair_sql's text: 19 digits of
+    ts + 2**62, then the value's order text."""
+    def decode(columns: list) -> list:
+        return [None if t is None else [int(t[:19]) - _OFFSET_62, parse(t[19:])]
+                for t in columns[0]]
+    return decode
+
+
+def _float_after_order(text: str) -> float:
+    return float(text[text.index("|") + 1:])  # Java's digits of the value: exact
+
+
+# decoder -> how the values of one state column are made from its fields' values
+DECODERS: dict[str, Callable[[list], list]] = {
+    "value": lambda columns: columns[0], "int": _exact_ints, "halves": _halves,
+    "max_float": _max_floats, "min_float": _min_floats, "set": _sets,
+    "pair_int": _pairs(lambda t: int(t) - _OFFSET_63), "pair_float": _pairs(_float_after_order),
+    "pair_bool": _pairs(lambda t: t == "1"), "pair_string": _pairs(lambda t: t),
+}
+
+
+def decode_latest(text: str, kinds: Sequence[str]) -> tuple[int, list]:
+    """The event time and row-feature values of flink_states.latest_text_sql's
+    text: ts, then per feature a null mark and its order text, then the signs
+    of float zeros, then '|' and Java's digits of each float feature."""
+    ts, at = int(text[:19]) - _OFFSET_62, 19
+    values: list = []
+    for kind in kinds:
+        present, at = text[at] == "1", at + 1
+        if not present:
+            values.append(None)
+        elif kind == "int":
+            values.append(int(text[at:at + 20]) - _OFFSET_63)
+            at += 20
+        elif kind == "bool":
+            values.append(text[at] == "1")
+            at += 1
+        elif kind == "string":
+            value, at = _unescape(text, at)
+            values.append(value)
+        else:
+            at += 21 if text[at] in "13" else 1  # finite non-zero: class, exponent, significand
+            values.append(math.nan)              # the digits follow at the end
+    digits = text[at + sum(1 for k in kinds if k == "float"):].split("|")[1:]
+    floats = iter(digits)
+    for i, kind in enumerate(kinds):
+        if kind == "float":
+            text_value = next(floats)
+            if values[i] is not None:
+                values[i] = float(text_value)
+    return ts, values
+
+
+def _unescape(text: str, at: int) -> tuple[str, int]:
+    """A string written as its characters with NUL as NUL SOH, ended by NUL NUL."""
+    out = []
+    while True:
+        end = text.index("\0", at)
+        out.append(text[at:end])
+        if text[end + 1] == "\0":
+            return "".join(out), end + 2
+        out.append("\0")
+        at = end + 2
+
+
+# ------------------------------------------------------------ the writer
+Clock = Callable[[], int]
+
+
+def wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class WriteStats:
+    """What a sink wrote since it started."""
+    written: int = 0
+    expired: int = 0      # updates of keys that no request can reach any more: not written
+    superseded: int = 0   # updates replaced by a later one of the same batch
+
+
+class RedisSink:
+    """Writes one output of one view to Redis, one pipelined round trip per batch."""
+
+    def __init__(self, project: str, view: ViewOutput, part: str, redis_url: str,
+                 clock: Clock = wall_clock_us):
+        import redis
+
+        if part not in view.parts:
+            raise ValueError(f"view {view.name!r} has no {part!r} output")
+        self.project, self.view, self.part = project, view, part
+        self.fields = input_fields(view, part)
+        self._redis = redis.Redis.from_url(redis_url)
+        self._clock = clock
+        self._keys: dict[tuple, bytes] = {}
+        self._expiry: dict[bytes, int] = {}   # the expiry each tiles key was last given
+        self.stats = WriteStats()
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def write(self, columns: Sequence[list]) -> int:
+        """Write one batch, given as columns in `input_fields` order (flags
+        included). Only the last update of a key (and tile) in the batch is
+        written: Flink may send several. Returns the number of writes."""
+        if len(columns) != len(self.fields):
+            raise ValueError(f"{self.part} of view {self.view.name!r} takes "
+                             f"{len(self.fields)} columns, not {len(columns)}")
+        values = self._unflag(columns)
+        expiries: dict[bytes, int] = {}
+        if self.part == TILES:
+            commands = self._tiles(values, expiries)
+        elif self.part == LATEST:
+            commands = self._latest(values)
+        else:
+            key = layout.dropped_key(self.project, self.view.name, self.view.fingerprint)
+            commands = [(b"HSET", key, layout.dropped_field(reason, hour), count)
+                        for reason, hour, count in zip(*values)]
+        self._send(commands)
+        if len(self._expiry) + len(expiries) > 1_000_000:
+            self._expiry.clear()
+        self._expiry.update(expiries)   # only once Redis has them
+        self.stats.written += len(commands)
+        return len(commands)
+
+    def _send(self, commands: list[tuple]) -> None:
+        """Send commands in one round trip and read every reply (an error
+        reply raises: the job fails and replays from its last checkpoint)."""
+        if not commands:
+            return
+        import hiredis  # packs in C: a third of redis-py's pipeline cost per command
+
+        pool = self._redis.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([b"".join([hiredis.pack_command(c) for c in commands])])
+            for _ in commands:
+                conn.read_response(disable_decoding=True)
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: never reuse it
+            raise
+        finally:
+            pool.release(conn)
+
+    def _unflag(self, columns: Sequence[list]) -> list[list]:
+        """The value columns, None where a field's null flag is set."""
+        out, i = [], 0
+        for f in (f for f in self.fields if not f.name.endswith("__null")):
+            flags = columns[i + 1] if f.flagged else None
+            out.append(_values(columns[i], flags))
+            i += 2 if f.flagged else 1
+        return out
+
+    def _entity_keys(self, values: list[list], kind: Callable) -> list[bytes]:
+        """The Redis key of each row's entity (the same entities recur in
+        every batch: their keys are kept)."""
+        n = len(self.view.keys)
+        out = []
+        for entity in zip(*values[:n]):
+            key = self._keys.get(entity)
+            if key is None:
+                if len(self._keys) >= 1_000_000:
+                    self._keys.clear()
+                key = self._keys[entity] = kind(self.project, self.view.name,
+                                                self.view.fingerprint,
+                                                layout.encode_entity_key(entity))
+            out.append(key)
+        return out
+
+    def _last(self, targets: list) -> list[int]:
+        """Row numbers of the last update of each target, in batch order."""
+        last = {t: r for r, t in enumerate(targets)}
+        self.stats.superseded += len(targets) - len(last)
+        return sorted(last.values())
+
+    def _tiles(self, values: list[list], expiries: dict[bytes, int]) -> list[tuple]:
+        """HSET of each tile's state, then PEXPIREAT of each key whose expiry
+        changes (noted in `expiries`)."""
+        view, n = self.view, len(self.view.keys)
+        keys, starts = self._entity_keys(values, layout.tiles_key), values[n]
+        rows = self._last(list(zip(keys, starts)))
+        states = self._states(values[n + 1:], rows)
+        now, keep = self._clock(), view.tiles_keep_us
+        commands, newest = [], {}
+        for r, state in zip(rows, states):
+            key, tile = keys[r], starts[r]
+            if keep is not None and tile + keep <= now:
+                self.stats.expired += 1
+                continue
+            commands.append((b"HSET", key, layout.tile_field(tile), layout.encode_tile(state)))
+            newest[key] = max(newest.get(key, tile), tile)
+        if keep is None:
+            return commands
+        # A key lives while a window reaches its newest tile. Tiles arrive at
+        # most future_us ahead of now, so this expiry is never earlier than
+        # one set before it; one that is unchanged is not sent again.
+        floor = now - now % view.tile_us + view.future_us
+        for key, tile in newest.items():
+            expire_ms = (max(tile, floor) + keep) // 1000
+            if self._expiry.get(key) != expire_ms:
+                expiries[key] = expire_ms
+                commands.append((b"PEXPIREAT", key, expire_ms))
+        return commands
+
+    def _states(self, values: list[list], rows: list[int]) -> list[list]:
+        """The tile state lists of `rows`, from the state fields' columns."""
+        per_aggregation, i = [], 0
+        for s in self.view.states:
+            columns = []
+            for c in s.columns:
+                n = len(c.fields)
+                fields = values[i:i + n]
+                if len(rows) != len(values[0]):   # some updates were superseded
+                    fields = [[col[r] for r in rows] for col in fields]
+                columns.append(DECODERS[c.decoder](fields))
+                i += n
+            bare = tiles.aggregation(s.function, s.input_type).bare
+            per_aggregation.append(columns[0] if bare else [list(t) for t in zip(*columns)])
+        return [list(t) for t in zip(*per_aggregation)]
+
+    def _latest(self, values: list[list]) -> list[tuple]:
+        view, n = self.view, len(self.view.keys)
+        keys, texts = self._entity_keys(values, layout.row_key), values[n]
+        now, keep = self._clock(), view.rows_keep_us
+        commands = []
+        for r in self._last(keys):
+            ts, row = decode_latest(texts[r], view.row_kinds)
+            if keep is None:
+                commands.append((b"SET", keys[r], layout.encode_row(ts, row)))
+            elif ts + keep <= now:
+                self.stats.expired += 1
+            else:
+                commands.append((b"SET", keys[r], layout.encode_row(ts, row),
+                                 b"PXAT", (ts + keep) // 1000))
+        return commands

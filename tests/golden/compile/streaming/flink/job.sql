@@ -1,0 +1,118 @@
+-- The streaming job of views load_test, user_clicks, user_spend (`featurestore stream`).
+-- Each featurestore_<view>_<output> is a Python function of streaming.job
+-- that writes its updates to Redis through featurestore.layout.
+
+SET 'pipeline.object-reuse' = 'true';
+SET 'python.fn-execution.arrow.batch.size' = '20000';
+SET 'python.fn-execution.bundle.size' = '100000';
+SET 'python.fn-execution.bundle.time' = '50';
+SET 'table.exec.mini-batch.allow-latency' = '400 ms';
+SET 'table.exec.mini-batch.enabled' = 'true';
+SET 'table.exec.mini-batch.size' = '1000000';
+SET 'table.exec.state.ttl' = '1213200000 ms';
+SET 'table.local-time-zone' = 'UTC';
+SET 'table.optimizer.agg-phase-strategy' = 'TWO_PHASE';
+
+CREATE TEMPORARY TABLE `clicks` (
+  `user_id` STRING,
+  `page` STRING,
+  `ts` TIMESTAMP_LTZ(6)
+) WITH (
+  'connector' = 'kafka',
+  'topic' = 'clicks',
+  'properties.bootstrap.servers' = 'localhost:9092',
+  'properties.group.id' = 'features',
+  'scan.startup.mode' = 'earliest-offset',
+  'format' = 'json',
+  'json.timestamp-format.standard' = 'ISO-8601',
+  'json.ignore-parse-errors' = 'true'
+);
+
+CREATE TEMPORARY TABLE `purchases` (
+  `user_id` STRING,
+  `item_id` BIGINT,
+  `amount` DOUBLE,
+  `category` STRING,
+  `event_time` TIMESTAMP_LTZ(6)
+) WITH (
+  'connector' = 'filesystem',
+  'path' = 'data/purchases/',
+  'source.monitor-interval' = '100 ms',
+  'format' = 'json',
+  'json.timestamp-format.standard' = 'ISO-8601',
+  'json.ignore-parse-errors' = 'true'
+);
+
+CREATE TEMPORARY TABLE `synthetic` (
+  `user_id` STRING,
+  `value` DOUBLE,
+  `ts` TIMESTAMP_LTZ(6)
+) WITH (
+  'connector' = 'datagen',
+  'rows-per-second' = '1000',
+  'fields.user_id.length' = '4'
+);
+
+CREATE TEMPORARY VIEW `load_test__rows` AS
+SELECT *, CASE WHEN `__ts` IS NULL OR `user_id` IS NULL THEN 'invalid' WHEN `__ts` > `__now` + 3600000000 THEN 'future' WHEN NOT (((`__ts` - MOD(MOD(`__ts`, 60000000) + 60000000, 60000000)) >= (`__now` - MOD(MOD(`__now`, 60000000) + 60000000, 60000000)) - 3600000000)) THEN 'late' END AS `__drop`
+FROM (SELECT *, (EXTRACT(EPOCH FROM `ts`) * 1000000 + EXTRACT(MICROSECOND FROM `ts`)) AS `__ts`, UNIX_TIMESTAMP() * 1000000 AS `__now` FROM `synthetic`);
+
+CREATE TEMPORARY VIEW `load_test__tiles` AS
+SELECT `user_id`, `__tile`, SUM((`__i0_h` - `__l0_h`) / 4294967296) AS `__s0_h_h`, SUM(`__l0_h`) AS `__s0_h_l`, SUM((`__i0_l` - `__l0_l`) / 4294967296) AS `__s0_l_h`, SUM(`__l0_l`) AS `__s0_l_l`, COUNT(CASE WHEN NOT (ABS(`__x0`) < 9.223372036854776E18) THEN 1 END) AS `__s0_n_out`
+FROM (SELECT *, MOD(MOD(`__i0_h`, 4294967296) + 4294967296, 4294967296) AS `__l0_h`, MOD(MOD(`__i0_l`, 4294967296) + 4294967296, 4294967296) AS `__l0_l` FROM (SELECT *, CASE WHEN ABS(`__x0`) < 9.223372036854776E18 THEN CAST(`__x0` AS BIGINT) END AS `__i0_h`, CASE WHEN ABS(`__x0`) < 9.223372036854776E18 THEN CAST((`__x0` - CAST(CASE WHEN ABS(`__x0`) < 9.223372036854776E18 THEN CAST(`__x0` AS BIGINT) END AS DOUBLE)) * 4.611686018427388E18 AS BIGINT) END AS `__i0_l` FROM (SELECT `user_id`, `__tile`, `__ts`, (CASE WHEN CAST(`value` AS DOUBLE) = 0 THEN 0E0 ELSE CAST(`value` AS DOUBLE) END) AS `__x0` FROM (SELECT *, (`__ts` - MOD(MOD(`__ts`, 60000000) + 60000000, 60000000)) AS `__tile` FROM `load_test__rows` WHERE `__drop` IS NULL AND (`__ts` - MOD(MOD(`__ts`, 60000000) + 60000000, 60000000)) >= (`__now` - MOD(MOD(`__now`, 60000000) + 60000000, 60000000)) - 3600000000))))
+GROUP BY `user_id`, `__tile`;
+
+CREATE TEMPORARY VIEW `load_test__dropped` AS
+SELECT `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000)) AS `__hour`, COUNT(*) AS `__count` FROM `load_test__rows` WHERE `__drop` IS NOT NULL GROUP BY `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000));
+
+CREATE TEMPORARY VIEW `user_clicks__rows` AS
+SELECT *, CASE WHEN `__ts` IS NULL OR `user_id` IS NULL THEN 'invalid' WHEN `__ts` > `__now` + 3600000000 THEN 'future' WHEN `__ts` < `__now` - 30000000 OR NOT (((`__ts` - MOD(MOD(`__ts`, 60000000) + 60000000, 60000000)) >= (`__now` - MOD(MOD(`__now`, 60000000) + 60000000, 60000000)) - 3600000000)) THEN 'late' END AS `__drop`
+FROM (SELECT *, (EXTRACT(EPOCH FROM `ts`) * 1000000 + EXTRACT(MICROSECOND FROM `ts`)) AS `__ts`, UNIX_TIMESTAMP() * 1000000 AS `__now` FROM `clicks`);
+
+CREATE TEMPORARY VIEW `user_clicks__tiles` AS
+SELECT `user_id`, `__tile`, COUNT(*) AS `__s0_n`, COUNT(*) AS `__s1_n`, COUNT(*) FILTER (WHERE `__w2`) AS `__s2_n`
+FROM (SELECT `user_id`, `__tile`, `__ts`, ((`page` = 'checkout')) IS TRUE AS `__w2` FROM (SELECT *, (`__ts` - MOD(MOD(`__ts`, 60000000) + 60000000, 60000000)) AS `__tile` FROM `user_clicks__rows` WHERE `__drop` IS NULL AND (`__ts` - MOD(MOD(`__ts`, 60000000) + 60000000, 60000000)) >= (`__now` - MOD(MOD(`__now`, 60000000) + 60000000, 60000000)) - 3600000000))
+GROUP BY `user_id`, `__tile`;
+
+CREATE TEMPORARY VIEW `user_clicks__dropped` AS
+SELECT `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000)) AS `__hour`, COUNT(*) AS `__count` FROM `user_clicks__rows` WHERE `__drop` IS NOT NULL GROUP BY `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000));
+
+CREATE TEMPORARY VIEW `user_spend__rows` AS
+SELECT *, CASE WHEN `__ts` IS NULL OR `user_id` IS NULL THEN 'invalid' WHEN `__ts` > `__now` + 3600000000 THEN 'future' WHEN `__ts` < `__now` - 600000000 OR NOT (((`__ts` - MOD(MOD(`__ts`, 300000000) + 300000000, 300000000)) >= (`__now` - MOD(MOD(`__now`, 300000000) + 300000000, 300000000)) - 604800000000) OR (`__ts` > `__now` - 1209600000000)) THEN 'late' END AS `__drop`
+FROM (SELECT *, (EXTRACT(EPOCH FROM `event_time`) * 1000000 + EXTRACT(MICROSECOND FROM `event_time`)) AS `__ts`, UNIX_TIMESTAMP() * 1000000 AS `__now` FROM `purchases` WHERE ((`amount` > CAST(0 AS BIGINT))) IS TRUE);
+
+CREATE TEMPORARY VIEW `user_spend__tiles` AS
+SELECT `user_id`, `__tile`, COUNT(*) AS `__s0_n`, COUNT(*) AS `__s1_n`, SUM((`__i2_h` - `__l2_h`) / 4294967296) AS `__s2_h_h`, SUM(`__l2_h`) AS `__s2_h_l`, SUM((`__i2_l` - `__l2_l`) / 4294967296) AS `__s2_l_h`, SUM(`__l2_l`) AS `__s2_l_l`, COUNT(CASE WHEN NOT (ABS(`__x2`) < 9.223372036854776E18) THEN 1 END) AS `__s2_n_out`, SUM((`__i3_h` - `__l3_h`) / 4294967296) AS `__s3_h_h`, SUM(`__l3_h`) AS `__s3_h_l`, SUM((`__i3_l` - `__l3_l`) / 4294967296) AS `__s3_l_h`, SUM(`__l3_l`) AS `__s3_l_l`, COUNT(CASE WHEN NOT (ABS(`__x3`) < 9.223372036854776E18) THEN 1 END) AS `__s3_n_out`, SUM((`__i4_h` - `__l4_h`) / 4294967296) AS `__s4_h_h`, SUM(`__l4_h`) AS `__s4_h_l`, SUM((`__i4_l` - `__l4_l`) / 4294967296) AS `__s4_l_h`, SUM(`__l4_l`) AS `__s4_l_l`, COUNT(CASE WHEN NOT (ABS(`__x4`) < 9.223372036854776E18) THEN 1 END) AS `__s4_n_out`, COUNT(*) FILTER (WHERE `__w5`) AS `__s5_n`, MAX(CASE WHEN `__x6` = `__x6` THEN `__x6` END) AS `__s6_v`, COUNT(CASE WHEN NOT (`__x6` = `__x6`) THEN 1 END) AS `__s6_v_nan`
+FROM (SELECT *, MOD(MOD(`__i2_h`, 4294967296) + 4294967296, 4294967296) AS `__l2_h`, MOD(MOD(`__i2_l`, 4294967296) + 4294967296, 4294967296) AS `__l2_l`, MOD(MOD(`__i3_h`, 4294967296) + 4294967296, 4294967296) AS `__l3_h`, MOD(MOD(`__i3_l`, 4294967296) + 4294967296, 4294967296) AS `__l3_l`, MOD(MOD(`__i4_h`, 4294967296) + 4294967296, 4294967296) AS `__l4_h`, MOD(MOD(`__i4_l`, 4294967296) + 4294967296, 4294967296) AS `__l4_l` FROM (SELECT *, CASE WHEN ABS(`__x2`) < 9.223372036854776E18 THEN CAST(`__x2` AS BIGINT) END AS `__i2_h`, CASE WHEN ABS(`__x2`) < 9.223372036854776E18 THEN CAST((`__x2` - CAST(CASE WHEN ABS(`__x2`) < 9.223372036854776E18 THEN CAST(`__x2` AS BIGINT) END AS DOUBLE)) * 4.611686018427388E18 AS BIGINT) END AS `__i2_l`, CASE WHEN ABS(`__x3`) < 9.223372036854776E18 THEN CAST(`__x3` AS BIGINT) END AS `__i3_h`, CASE WHEN ABS(`__x3`) < 9.223372036854776E18 THEN CAST((`__x3` - CAST(CASE WHEN ABS(`__x3`) < 9.223372036854776E18 THEN CAST(`__x3` AS BIGINT) END AS DOUBLE)) * 4.611686018427388E18 AS BIGINT) END AS `__i3_l`, CASE WHEN ABS(`__x4`) < 9.223372036854776E18 THEN CAST(`__x4` AS BIGINT) END AS `__i4_h`, CASE WHEN ABS(`__x4`) < 9.223372036854776E18 THEN CAST((`__x4` - CAST(CASE WHEN ABS(`__x4`) < 9.223372036854776E18 THEN CAST(`__x4` AS BIGINT) END AS DOUBLE)) * 4.611686018427388E18 AS BIGINT) END AS `__i4_l` FROM (SELECT `user_id`, `__tile`, `__ts`, (CASE WHEN CAST(`amount` AS DOUBLE) = 0 THEN 0E0 ELSE CAST(`amount` AS DOUBLE) END) AS `__x2`, (CASE WHEN CAST(`amount` AS DOUBLE) = 0 THEN 0E0 ELSE CAST(`amount` AS DOUBLE) END) AS `__x3`, (CASE WHEN CAST(`amount` AS DOUBLE) = 0 THEN 0E0 ELSE CAST(`amount` AS DOUBLE) END) AS `__x4`, ((`amount` >= CAST(100 AS BIGINT))) IS TRUE AS `__w5`, (CASE WHEN CAST(`amount` AS DOUBLE) = 0 THEN 0E0 ELSE CAST(`amount` AS DOUBLE) END) AS `__x6` FROM (SELECT *, (`__ts` - MOD(MOD(`__ts`, 300000000) + 300000000, 300000000)) AS `__tile` FROM `user_spend__rows` WHERE `__drop` IS NULL AND (`__ts` - MOD(MOD(`__ts`, 300000000) + 300000000, 300000000)) >= (`__now` - MOD(MOD(`__now`, 300000000) + 300000000, 300000000)) - 604800000000))))
+GROUP BY `user_id`, `__tile`;
+
+CREATE TEMPORARY VIEW `user_spend__latest` AS
+SELECT `user_id`, MAX(LPAD(CAST(`__ts` + 4611686018427387904 AS STRING), 19, '0') || CASE WHEN `__f0` IS NULL THEN '0' ELSE '1' || REPLACE(`__f0`, CHR(0), CHR(0) || CHR(1)) || CHR(0) || CHR(0) END) AS `latest`
+FROM (SELECT *, `category` AS `__f0` FROM (SELECT * FROM `user_spend__rows` WHERE `__drop` IS NULL AND `__ts` > `__now` - 1209600000000))
+GROUP BY `user_id`;
+
+CREATE TEMPORARY VIEW `user_spend__dropped` AS
+SELECT `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000)) AS `__hour`, COUNT(*) AS `__count` FROM `user_spend__rows` WHERE `__drop` IS NOT NULL GROUP BY `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000));
+
+CREATE TEMPORARY TABLE `featurestore_written` (`written` BIGINT) WITH ('connector' = 'blackhole');
+
+INSERT INTO `featurestore_written`
+SELECT featurestore_load_test_tiles(CAST(`user_id` AS STRING), CAST(`__tile` AS BIGINT), COALESCE(CAST(`__s0_h_h` AS BIGINT), CAST(0 AS BIGINT)), `__s0_h_h` IS NULL, COALESCE(CAST(`__s0_h_l` AS BIGINT), CAST(0 AS BIGINT)), `__s0_h_l` IS NULL, COALESCE(CAST(`__s0_l_h` AS BIGINT), CAST(0 AS BIGINT)), `__s0_l_h` IS NULL, COALESCE(CAST(`__s0_l_l` AS BIGINT), CAST(0 AS BIGINT)), `__s0_l_l` IS NULL, CAST(`__s0_n_out` AS BIGINT)) FROM `load_test__tiles`;
+
+INSERT INTO `featurestore_written`
+SELECT featurestore_load_test_dropped(CAST(`__drop` AS STRING), CAST(`__hour` AS BIGINT), CAST(`__count` AS BIGINT)) FROM `load_test__dropped`;
+
+INSERT INTO `featurestore_written`
+SELECT featurestore_user_clicks_tiles(CAST(`user_id` AS STRING), CAST(`__tile` AS BIGINT), CAST(`__s0_n` AS BIGINT), CAST(`__s1_n` AS BIGINT), CAST(`__s2_n` AS BIGINT)) FROM `user_clicks__tiles`;
+
+INSERT INTO `featurestore_written`
+SELECT featurestore_user_clicks_dropped(CAST(`__drop` AS STRING), CAST(`__hour` AS BIGINT), CAST(`__count` AS BIGINT)) FROM `user_clicks__dropped`;
+
+INSERT INTO `featurestore_written`
+SELECT featurestore_user_spend_tiles(CAST(`user_id` AS STRING), CAST(`__tile` AS BIGINT), CAST(`__s0_n` AS BIGINT), CAST(`__s1_n` AS BIGINT), COALESCE(CAST(`__s2_h_h` AS BIGINT), CAST(0 AS BIGINT)), `__s2_h_h` IS NULL, COALESCE(CAST(`__s2_h_l` AS BIGINT), CAST(0 AS BIGINT)), `__s2_h_l` IS NULL, COALESCE(CAST(`__s2_l_h` AS BIGINT), CAST(0 AS BIGINT)), `__s2_l_h` IS NULL, COALESCE(CAST(`__s2_l_l` AS BIGINT), CAST(0 AS BIGINT)), `__s2_l_l` IS NULL, CAST(`__s2_n_out` AS BIGINT), COALESCE(CAST(`__s3_h_h` AS BIGINT), CAST(0 AS BIGINT)), `__s3_h_h` IS NULL, COALESCE(CAST(`__s3_h_l` AS BIGINT), CAST(0 AS BIGINT)), `__s3_h_l` IS NULL, COALESCE(CAST(`__s3_l_h` AS BIGINT), CAST(0 AS BIGINT)), `__s3_l_h` IS NULL, COALESCE(CAST(`__s3_l_l` AS BIGINT), CAST(0 AS BIGINT)), `__s3_l_l` IS NULL, CAST(`__s3_n_out` AS BIGINT), COALESCE(CAST(`__s4_h_h` AS BIGINT), CAST(0 AS BIGINT)), `__s4_h_h` IS NULL, COALESCE(CAST(`__s4_h_l` AS BIGINT), CAST(0 AS BIGINT)), `__s4_h_l` IS NULL, COALESCE(CAST(`__s4_l_h` AS BIGINT), CAST(0 AS BIGINT)), `__s4_l_h` IS NULL, COALESCE(CAST(`__s4_l_l` AS BIGINT), CAST(0 AS BIGINT)), `__s4_l_l` IS NULL, CAST(`__s4_n_out` AS BIGINT), CAST(`__s5_n` AS BIGINT), COALESCE(CAST(`__s6_v` AS DOUBLE), 0E0), `__s6_v` IS NULL, CAST(`__s6_v_nan` AS BIGINT)) FROM `user_spend__tiles`;
+
+INSERT INTO `featurestore_written`
+SELECT featurestore_user_spend_latest(CAST(`user_id` AS STRING), CAST(`latest` AS STRING)) FROM `user_spend__latest`;
+
+INSERT INTO `featurestore_written`
+SELECT featurestore_user_spend_dropped(CAST(`__drop` AS STRING), CAST(`__hour` AS BIGINT), CAST(`__count` AS BIGINT)) FROM `user_spend__dropped`;

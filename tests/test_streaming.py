@@ -1,0 +1,275 @@
+"""The streaming engine against the batch engine and the brute-force
+reference, on tests/differential.py's data (edges, NaN, huge and tiny
+numbers, unicode, duplicate timestamps), through a real PyFlink job, a real
+redis-server and the gRPC server:
+
+* differential: the events, shuffled over files that Flink reads in no fixed
+  order, plus events beyond every window, from the future and without a
+  time; every served value equals batch's and the reference's, and every
+  dropped event is counted by reason;
+* restart: more events (older ones among them) while the job is killed
+  outright mid-stream; restarted, it restores its checkpoint and the values
+  are still exact: nothing lost, nothing counted twice.
+
+One job process serves the module (started once, killed and restarted once).
+The wall clock matters to a stream (it decides what is too old): the data is
+shifted so that the served time lies 25 to 30 minutes ahead of now.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from featurestore import layout, redis_local
+from featurestore.backends.serving_manifest import manifest_from_plan
+from featurestore.export import export
+from featurestore.materialize import materialize
+from serving.client import FeatureClient
+from serving.server import start_server
+from streaming import push
+from tests import differential as d
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+WAIT_S = 150
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _shift() -> tuple[int, int]:
+    """(shift of every event time, served time t): t is mid-tile, 25 to 30
+    minutes ahead of now, and the shift keeps both views' tiles aligned."""
+    base = d.T0 + d.SPAN + 150 * d.US + 30
+    now = time.time_ns() // 1000
+    k, rest = divmod(now + 25 * d.MIN - base, d.HOUR)
+    j = -(-rest // d.TILE)
+    k, j = (k + 1, 0) if j == d.HOUR // d.TILE else (k, j)
+    return k * d.HOUR, base + k * d.HOUR + j * d.TILE
+
+
+def _shifted(events: list[dict], shift: int) -> list[dict]:
+    # Events of the first hour would sit next to the rows' 2-day cut of the
+    # job's clock: left out, so that what the job drops is known exactly.
+    return [dict(e, ts=e["ts"] + shift,
+                 paid_at=None if e["paid_at"] is None else e["paid_at"] + shift)
+            for e in events if e["ts"] >= d.T0 + d.HOUR]
+
+
+def _json_line(e: dict) -> str:
+    """An event as push writes it (times ISO-8601, NaN and infinities quoted)."""
+    out = {}
+    for k, v in e.items():
+        if k in ("ts", "paid_at") and v is not None:
+            v = push.format_time(EPOCH + dt.timedelta(microseconds=v))
+        elif isinstance(v, float) and not math.isfinite(v):
+            v = "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+        out[k] = v
+    return json.dumps(out, ensure_ascii=False)
+
+
+def _write(folder: Path, name: str, lines: list[str]) -> None:
+    tmp = folder / f".{name}.tmp"   # hidden until complete: Flink skips it
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, folder / name)
+
+
+class Job:
+    """The streaming job in a process group of its own."""
+
+    def __init__(self, root: Path, url: str):
+        self.root, self.url, self.proc, self.log = root, url, None, root / "job.log"
+
+    def start(self) -> None:
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.streaming_runner", str(self.root), self.url],
+                cwd=ROOT_DIR, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL to every process of the job: the JVM and the Python workers too."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@dataclass
+class Stream:
+    root: Path
+    url: str             # the redis-server, without a db: /0 the stream's, /1 batch's
+    job: Job
+    t: int               # the served time
+    shift: int
+    counted: list[dict]  # events any engine may count at t
+    dropped: dict        # view -> reason -> events the job must drop
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory):
+    """The job running on the differential events, shuffled over six files,
+    plus 25 events beyond every window of `buys`, 5 from the future and 2
+    without a time."""
+    root = tmp_path_factory.mktemp("stream")
+    server = redis_local.start(root / "redis")
+    url = server.url.rsplit("/", 1)[0]
+    shift, t = _shift()
+    events = _shifted(d.generate_events(), shift)
+    rng = random.Random(3)
+    now = time.time_ns() // 1000
+    beyond = [dict(e, ts=t - 3 * d.DAY, paid_at=None) for e in rng.sample(events, 25)]
+    future = [dict(e, ts=now + 3 * d.HOUR) for e in rng.sample(events, 5)]
+    lines = [_json_line(e) for e in events + beyond + future]
+    lines += [json.dumps({"user": "u1", "shop": 1, "kind": "buy", "ts": None}),
+              json.dumps({"user": "u2", "shop": 2, "kind": "buy", "ts": "yesterday"})]
+    rng.shuffle(lines)
+    folder = root / "data" / "events"
+    folder.mkdir(parents=True)
+    for i in range(6):
+        _write(folder, f"part-{i}.json", lines[i::6])
+    kept = sum(1 for e in future if e["kind"] != "test")
+    dropped = {"buys": {"late": sum(1 for e in beyond if e["kind"] != "test"), "future": kept,
+                        "invalid": 2},
+               "shops": {"future": kept, "invalid": 2}}
+    job = Job(root, url + "/0")
+    job.start()
+    try:
+        yield Stream(root, url, job, t, shift, events + beyond, dropped)
+    finally:
+        job.kill()
+        server.stop()
+
+
+def _served(url: str, entities, t: int) -> dict[str, list]:
+    """Every feature of every entity, from a gRPC server with its clock at t."""
+    result: dict = {}
+
+    async def run():
+        server = await start_server(manifest_from_plan(d.PLAN, d.PROJECT), url, port=0,
+                                    clock=lambda: t)
+        try:
+            loop = asyncio.get_running_loop()
+            result.update(await loop.run_in_executor(None, _lookup, server.address, entities))
+        finally:
+            await server.stop(None)
+
+    thread = threading.Thread(target=lambda: asyncio.run(run()))
+    thread.start()
+    thread.join()
+    return result
+
+
+def _lookup(address: str, entities) -> dict[str, list]:
+    with FeatureClient(address) as client:
+        return client.get_online_features(
+            service="everything",
+            entities={"user": [u for u, _ in entities], "shop": [s for _, s in entities]}).to_dict()
+
+
+def _differences(got: dict, want: dict) -> list:
+    return [(name, i, got[name][i], want[name][i]) for name in d.FEATURES
+            for i in range(len(want[name])) if not d.same(got[name][i], want[name][i])]
+
+
+def _batch_values(root: Path, url: str, events: list[dict], entities, t: int) -> dict:
+    """What the batch engine serves at t for the same events (Redis db 1)."""
+    d.write_events(root / "batch", events)
+    redis.Redis.from_url(url + "/1").flushdb()
+    materialize(d.PLAN, root / "batch", d.PROJECT, url + "/1", end_us=t)
+    return _served(url + "/1", entities, t)
+
+
+def _wait_for(url: str, entities, t: int, want: dict, job: Job) -> dict:
+    """Served values once they equal `want` (the job catches up), or the
+    last ones after WAIT_S; fails at once if the job died."""
+    end = time.monotonic() + WAIT_S
+    while True:
+        got = _served(url + "/0", entities, t)
+        if not _differences(got, want) or time.monotonic() > end:
+            return got
+        assert job.proc.poll() is None, f"the job died:\n{job.output()[-3000:]}"
+        time.sleep(1)
+
+
+def _check_reference(got: dict, events: list[dict], entities, t: int) -> None:
+    bad = []
+    for i, (user, shop) in enumerate(entities):
+        want = d.expected(events, user, shop, t)
+        for name in d.FEATURES:
+            value = d.as_micros(got[name][i]) if name in d.TIMESTAMP_FEATURES else got[name][i]
+            if value is None and want[name] == 0 and name in d.COUNTS:
+                continue  # NOT_FOUND online is a count of nothing offline
+            if not d.same(value, want[name]):
+                bad.append((user, shop, name, value, want[name]))
+    assert not bad, f"{len(bad)} differences from the reference, e.g. {bad[:5]}"
+
+
+def _dropped(url: str) -> dict[str, dict[str, int]]:
+    r = redis.Redis.from_url(url + "/0")
+    return {v.name: layout.dropped_totals(r.hgetall(layout.dropped_key(d.PROJECT, v.name,
+                                                                       v.fingerprint())))
+            for v in d.PLAN.views}
+
+
+def test_stream_equals_batch_and_reference(stream):
+    entities = sorted({(e["user"], e["shop"]) for e in stream.counted}) + [("nobody", 7)]
+    want = _batch_values(stream.root, stream.url, stream.counted, entities, stream.t)
+    got = _wait_for(stream.url, entities, stream.t, want, stream.job)
+
+    assert not _differences(got, want), _differences(got, want)[:5]
+    d.check_served(lambda ents, at: _served(stream.url + "/0", ents, at),
+                   lambda labels: export(d.PLAN, stream.root / "batch", labels,
+                                         service="everything"),
+                   stream.counted, stream.t)
+    _check_reference(got, stream.counted, entities, stream.t)
+    assert _dropped(stream.url) == stream.dropped
+
+
+def test_restart_mid_stream_loses_and_doubles_nothing(stream):
+    events = _shifted(d.generate_events(seed=11, n=900), stream.shift)
+    first, second, third = events[:300], events[300:600], events[600:]
+    folder = stream.root / "data" / "events"
+    checkpoints = stream.root / "checkpoints"
+
+    for i, part in enumerate((first[::2], first[1::2])):
+        _write(folder, f"more-a{i}.json", [_json_line(e) for e in part])
+    written = time.time()
+    _until(lambda: any(p.stat().st_mtime > written + 1
+                       for p in checkpoints.glob("*/*/chk-*/_metadata")),
+           "checkpoint after the first events")
+    for i, part in enumerate((second[::2], second[1::2])):
+        _write(folder, f"more-b{i}.json", [_json_line(e) for e in part])
+    time.sleep(0.3)  # some of them read, none of them in a checkpoint
+    stream.job.kill()
+    for i, part in enumerate((third[::2], third[1::2])):  # while it is down; older ones too
+        _write(folder, f"more-c{i}.json", [_json_line(e) for e in part])
+    stream.job.start()
+
+    everything = stream.counted + events
+    entities = sorted({(e["user"], e["shop"]) for e in everything}) + [("nobody", 7)]
+    want = _batch_values(stream.root, stream.url, everything, entities, stream.t)
+    got = _wait_for(stream.url, entities, stream.t, want, stream.job)
+    assert not _differences(got, want), _differences(got, want)[:5]
+    _check_reference(got, everything, entities, stream.t)
+    assert "restored from" in stream.job.output()
+    assert _dropped(stream.url) == stream.dropped
+
+
+def _until(condition, what: str, timeout_s: float = WAIT_S) -> None:
+    end = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < end, f"no {what} within {timeout_s} s"
+        time.sleep(0.2)

@@ -1,0 +1,176 @@
+"""The streaming job's Redis writers, fed by hand as Flink feeds them (plain
+columns), against a real redis-server: tile states as featurestore.tiles
+defines them, latest rows, dropped counts, expiry, and the last update of a
+batch winning."""
+from __future__ import annotations
+
+import math
+import struct
+import time
+
+import pytest
+import redis
+
+from dsl.plan import Aggregation, Column, RowFeature, View
+from featurestore import layout
+from streaming import flink_sql, sink
+from streaming.flink_states import OFFSET_62, OFFSET_63
+
+US, MIN, HOUR = 1_000_000, 60_000_000, 3_600_000_000
+TILE = 5 * MIN
+# Near the real time: Redis expires keys by its own clock.
+NOW = time.time_ns() // 1000 // TILE * TILE + 2 * MIN + 3   # mid-tile
+CURRENT = NOW - NOW % TILE
+AMOUNT, CATEGORY, N = Column("amount", "float64"), Column("category", "string"), Column("n", "int64")
+VIEW = View("spend", "user", (("user_id", "string"),), "s", None, TILE, HOUR,
+            (RowFeature("amount", AMOUNT, "float64"), RowFeature("category", CATEGORY, "string"),
+             RowFeature("n", N, "int64")),
+            (Aggregation("count", "count", None, None, HOUR, "int64"),
+             Aggregation("total", "sum", AMOUNT, None, HOUR, "float64"),
+             Aggregation("top", "max", AMOUNT, None, HOUR, "float64"),
+             Aggregation("first_category", "first", CATEGORY, None, HOUR, "string"),
+             Aggregation("ns", "count_distinct", N, None, HOUR, "int64")))
+OUT = flink_sql.view_output(VIEW)
+
+
+def _halves(v: int | None) -> tuple:
+    return (None, None) if v is None else (v >> 32, v & 0xFFFFFFFF)
+
+
+def _tile_row(user: str, tile: int, *, count: int, amounts: list[float], nan: bool,
+              first: tuple[int, str], ns: list[int]) -> dict:
+    """The field values Flink sends for one tile (names of sink.input_fields)."""
+    hi = sum(int(a) for a in amounts)
+    lo = sum(int((a - int(a)) * 2.0 ** 62) for a in amounts)
+    return {"k0": user, "tile": tile, "__s0_n": count,
+            "__s1_h_h": _halves(hi)[0], "__s1_h_l": _halves(hi)[1],
+            "__s1_l_h": _halves(lo)[0], "__s1_l_l": _halves(lo)[1], "__s1_n_out": 0,
+            "__s2_v": max(amounts), "__s2_v_nan": int(nan),
+            "__s3_tv": f"{first[0] + OFFSET_62:019d}{first[1]}", "__s4_set": ns}
+
+
+def _columns(part: str, rows: list[dict]) -> list[list]:
+    """Rows as the columns of sink.input_fields, null flags included."""
+    columns = []
+    for f in sink.input_fields(OUT, part):
+        if f.name.endswith("__null"):
+            columns.append([row.get(f.name[:-6]) is None for row in rows])
+        else:
+            columns.append([row.get(f.name) if row.get(f.name) is not None else
+                            (0 if f.kind in ("int", "float") else None) for row in rows])
+    return columns
+
+
+def _sink(url: str, part: str) -> sink.RedisSink:
+    return sink.RedisSink("t", OUT, part, url, clock=lambda: NOW)
+
+
+def test_tiles_are_written_as_featurestore_tiles_states(redis_url):
+    writer = _sink(redis_url, sink.TILES)
+    row = _tile_row("u|1", CURRENT, count=3, amounts=[1.5, 2.25], nan=True,
+                    first=(CURRENT + 5, "a\0b"), ns=[7, -2, 7 * 10 ** 17])
+    assert writer.write(_columns(sink.TILES, [row])) == 2          # HSET and PEXPIREAT
+    r = redis.Redis.from_url(redis_url)
+    key = layout.tiles_key("t", "spend", VIEW.fingerprint(), layout.encode_entity_key(["u|1"]))
+    states = layout.decode_tile(r.hget(key, layout.tile_field(CURRENT)))
+    lo = int(0.5 * 2 ** 62) + int(0.25 * 2 ** 62)
+    assert states[:2] == [3, [3, lo, 0]]
+    assert math.isnan(states[2])                        # a NaN was seen: above every number
+    assert states[3:] == [[CURRENT + 5, "a\0b"], [-2, 7, 7 * 10 ** 17]]
+    expire_ms = (CURRENT + OUT.future_us + OUT.tiles_keep_us) // 1000
+    assert r.pexpiretime(key) == expire_ms
+
+
+def test_the_last_update_of_a_tile_in_a_batch_wins(redis_url):
+    writer = _sink(redis_url, sink.TILES)
+    rows = [_tile_row("u", CURRENT, count=n, amounts=[float(n)], nan=False,
+                      first=(CURRENT, "x"), ns=[]) for n in (1, 2)]
+    assert writer.write(_columns(sink.TILES, rows)) == 2
+    assert writer.stats.superseded == 1
+    key = layout.tiles_key("t", "spend", VIEW.fingerprint(), "u")
+    assert layout.decode_tile(redis.Redis.from_url(redis_url).hget(key, str(CURRENT)))[0] == 2
+    # the same expiry again is not sent again
+    assert writer.write(_columns(sink.TILES, rows[:1])) == 1
+
+
+def test_tiles_out_of_reach_of_every_window_are_not_written(redis_url):
+    writer = _sink(redis_url, sink.TILES)
+    old = CURRENT - OUT.tiles_keep_us
+    row = _tile_row("u", old, count=1, amounts=[1.0], nan=False, first=(old, "x"), ns=[])
+    assert writer.write(_columns(sink.TILES, [row])) == 0
+    assert writer.stats.expired == 1 and redis.Redis.from_url(redis_url).dbsize() == 0
+
+
+def _latest_text(ts: int, values: list) -> str:
+    """flink_states.latest_text_sql's text, spelled in Python (int, float,
+    string, bool features in that order)."""
+    text = f"{ts + OFFSET_62:019d}"
+    for v in values:
+        if v is None:
+            text += "0"
+        elif isinstance(v, bool):
+            text += "1" + ("1" if v else "0")
+        elif isinstance(v, int):
+            text += f"1{v + OFFSET_63:020d}"
+        elif isinstance(v, float):
+            text += "1" + ("5" if math.isnan(v) else "4" if v == math.inf else
+                           "0" if v == -math.inf else "2" if v == 0 else "3" + "0" * 20)
+        else:
+            text += "1" + v.replace("\0", "\0\1") + "\0\0"
+    floats = [v for v in values if isinstance(v, float) or v is None]
+    text += "".join("1" if isinstance(v, float) and v == 0 and
+                    struct.pack(">d", v)[0] & 0x80 else "0" for v in floats[:1])
+    return text + "".join("|" + ("" if v is None else _java(v)) for v in floats[:1])
+
+
+def _java(v: float) -> str:
+    return {math.inf: "Infinity", -math.inf: "-Infinity"}.get(v, "NaN" if math.isnan(v) else repr(v))
+
+
+@pytest.mark.parametrize("values", [
+    [-0.0, "a\0\0b\0", -2 ** 63], [math.nan, "", 2 ** 63 - 1], [None, None, None],
+    [math.inf, "日本😀", 0], [1.5, "\0", None]])
+def test_latest_rows_read_back_exactly(values):
+    kinds = ("float", "string", "int")
+    ts, got = sink.decode_latest(_latest_text(NOW, values), kinds)
+    assert ts == NOW
+    assert len(got) == 3 and all(
+        (a is None and b is None) or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
+        or (a == b and type(a) is type(b) and str(a) == str(b)) for a, b in zip(got, values))
+
+
+def test_latest_rows_are_written_with_their_expiry(redis_url):
+    writer = _sink(redis_url, sink.LATEST)
+    text = _latest_text(NOW - 10, [2.5, "books", 4])
+    assert writer.write([["u"], [text]]) == 1
+    r = redis.Redis.from_url(redis_url)
+    key = layout.row_key("t", "spend", VIEW.fingerprint(), "u")
+    assert layout.decode_row(r.get(key)) == (NOW - 10, [2.5, "books", 4])
+    assert r.pexpiretime(key) == (NOW - 10 + 2 * HOUR) // 1000
+    too_old = _latest_text(NOW - 2 * HOUR, [1.0, "x", 1])
+    assert writer.write([["v"], [too_old]]) == 0 and writer.stats.expired == 1
+
+
+def test_dropped_counts_are_kept_per_reason_and_hour(redis_url):
+    writer = _sink(redis_url, sink.DROPPED)
+    hour = NOW - NOW % HOUR
+    writer.write([["late", "future", "late"], [hour - HOUR, hour, hour], [3, 1, 2]])
+    raw = redis.Redis.from_url(redis_url).hgetall(
+        layout.dropped_key("t", "spend", VIEW.fingerprint()))
+    assert layout.dropped_totals(raw) == {"late": 5, "future": 1}
+
+
+def test_a_redis_error_fails_the_batch(redis_url):
+    key = layout.tiles_key("t", "spend", VIEW.fingerprint(), "u")
+    redis.Redis.from_url(redis_url).set(key, b"not a hash")
+    writer = _sink(redis_url, sink.TILES)
+    row = _tile_row("u", CURRENT, count=1, amounts=[1.0], nan=False, first=(CURRENT, "x"), ns=[])
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        writer.write(_columns(sink.TILES, [row]))
+    redis.Redis.from_url(redis_url).delete(key)
+    assert writer.write(_columns(sink.TILES, [row])) == 2   # the next batch goes through
+
+
+def test_a_batch_of_the_wrong_shape_is_refused(redis_url):
+    with pytest.raises(ValueError, match="takes 3 columns, not 2"):
+        _sink(redis_url, sink.DROPPED).write([["late"], [1]])

@@ -1,0 +1,168 @@
+"""The Flink SQL compiler, without Flink: expressions with the DSL's
+meaning, source DDL per connector, the job's outputs and settings. Flink
+itself runs the SQL in tests/test_streaming.py."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+import dsl
+from dsl.plan import (Aggregation, Binary, Case, Cast, Column, Literal, Plan, RowFeature, Source,
+                      View)
+from streaming import flink_sql, sink
+from streaming.flink_expr import Unsupported, cast_sql, double, expr_sql, literal
+
+REPO = Path(__file__).parent / "example_repos" / "streaming"
+US, HOUR = 1_000_000, 3_600_000_000
+AMOUNT = Column("amount", "float64")
+
+
+def _plan() -> Plan:
+    compiled = dsl.compile_repo(REPO)
+    assert compiled.ok, compiled.render()
+    return compiled.plan
+
+
+def test_expressions_are_parenthesized_quoted_and_typed():
+    e = Binary("and", Binary(">", AMOUNT, Literal(0, "int64"), "bool"),
+               Binary("!=", Column("we`ird", "string"), Literal("it's", "string"), "bool"), "bool")
+    assert expr_sql(e) == "((`amount` > CAST(0 AS BIGINT)) AND (`we``ird` <> 'it''s'))"
+    assert expr_sql(Binary("/", Column("n", "int64"), Literal(2, "int64"), "float64")) == \
+        "(CAST(`n` AS DOUBLE) / CAST(2 AS BIGINT))"
+    assert literal(None, "string") == "CAST(NULL AS STRING)"
+    assert [double(x) for x in (1.5, 1e300, 2.0 ** -70, float("-inf"))] == \
+        ["1.5E0", "1E300", "8.470329472543003E-22", "CAST('-Infinity' AS DOUBLE)"]
+
+
+def test_modulo_is_null_on_zero_and_refused_for_floats():
+    n = Column("n", "int64")
+    assert expr_sql(Binary("%", n, Literal(0, "int64"), "int64")) == \
+        "(CASE WHEN CAST(0 AS BIGINT) = 0 THEN NULL ELSE MOD(`n`, CAST(0 AS BIGINT)) END)"
+    with pytest.raises(Unsupported, match="'%' of float64"):
+        expr_sql(Binary("%", AMOUNT, Literal(2.0, "float64"), "float64"))
+
+
+def test_casts_follow_the_dsl_and_refuse_what_engines_would_spell_differently():
+    s = Column("s", "string")
+    assert "REGEXP(TRIM(`s`), '^[+-]?[0-9]+$')" in cast_sql(s, "int64")
+    assert cast_sql(Column("b", "bool"), "string") == \
+        "(CASE WHEN `b` THEN 'true' WHEN NOT `b` THEN 'false' END)"
+    with pytest.raises(Unsupported, match="cast from float64 to string"):
+        cast_sql(AMOUNT, "string")
+    case = Case(((Binary(">", AMOUNT, Literal(1, "int64"), "bool"), Literal("big", "string")),),
+                None, "string")
+    assert expr_sql(case) == "(CASE WHEN (`amount` > CAST(1 AS BIGINT)) IS TRUE THEN 'big' END)"
+    assert expr_sql(Cast(Column("n", "int64"), "float64")) == "CAST(`n` AS DOUBLE)"
+
+
+def test_source_ddl_per_connector():
+    plan = _plan()
+    files = flink_sql.source_ddl(plan.source("purchases"),
+                                 flink_sql.SourceSettings(root=Path("/repo")))
+    assert "'path' = 'file:///repo/data/purchases'" in files
+    assert "'source.monitor-interval' = '100 ms'" in files
+    assert "WATERMARK" not in files   # lateness is an arrival delay (see the rows view)
+    kafka = flink_sql.source_ddl(plan.source("clicks"))
+    for option in ("'connector' = 'kafka'", "'topic' = 'clicks'",
+                   "'properties.bootstrap.servers' = 'localhost:9092'",
+                   "'properties.group.id' = 'features'", "'scan.startup.mode' = 'earliest-offset'"):
+        assert option in kafka
+    datagen = flink_sql.source_ddl(plan.source("synthetic"))
+    assert "'rows-per-second' = '1000'" in datagen and "'fields.user_id.length' = '4'" in datagen
+    bounded = flink_sql.source_ddl(plan.source("purchases"), flink_sql.SourceSettings(bounded=True))
+    assert "monitor-interval" not in bounded
+
+
+def test_kafka_starts_from_the_groups_offsets_else_the_earliest():
+    clicks = _plan().source("clicks")
+    default = dataclasses.replace(clicks, options=(("format", "json"),
+                                                   ("servers", "k:9092")))
+    ddl = flink_sql.source_ddl(default)
+    assert "'scan.startup.mode' = 'group-offsets'" in ddl
+    assert "'properties.auto.offset.reset' = 'earliest'" in ddl
+    assert "'properties.group.id' = 'featurestore-clicks'" in ddl
+
+
+def test_an_event_is_late_when_it_arrives_later_than_the_lateness_or_out_of_reach():
+    plan = _plan()
+    spend = flink_sql.view_rows_sql(plan.view("user_spend"), plan.source("purchases"))
+    # lateness 10m; tiles reach back 7d (+ the current tile); rows live 14d
+    assert "WHEN `__ts` < `__now` - 600000000 OR NOT (((`__ts` - MOD(MOD(`__ts`, 300000000) " \
+           "+ 300000000, 300000000)) >= (`__now` - MOD(MOD(`__now`, 300000000) + 300000000, " \
+           "300000000)) - 604800000000) OR (`__ts` > `__now` - 1209600000000)) THEN 'late'" in spend
+    synthetic = flink_sql.view_rows_sql(plan.view("load_test"), plan.source("synthetic"))
+    assert "60000000)) - 3600000000)) THEN 'late'" in synthetic
+
+
+def test_job_has_one_output_per_view_part_and_functions_take_the_sink_fields():
+    plan = _plan()
+    job = flink_sql.compile_job(plan, flink_sql.SourceSettings(root=REPO))
+    assert job.views == ("load_test", "user_clicks", "user_spend")
+    assert [(o.view, o.part) for o in job.outputs] == [
+        (0, "tiles"), (0, "dropped"), (1, "tiles"), (1, "dropped"),
+        (2, "tiles"), (2, "latest"), (2, "dropped")]
+    for out in job.outputs:
+        fields = sink.input_fields(job.sinks[out.view], out.part)
+        call = out.insert.split(f"{out.function}(", 1)[1].rsplit(") FROM", 1)[0]
+        assert _top_level_items(call) == len(fields), out.function
+        assert f"{out.function}(" not in out.discard
+    spend = job.sinks[2]
+    assert spend.tiles_keep_us == 7 * 24 * HOUR + 2 * 300 * US
+    assert spend.rows_keep_us == 2 * 7 * 24 * HOUR
+    # a view without a ttl keeps its latest rows forever, and so does its state
+    assert job.config["table.exec.state.ttl"].endswith(" ms")
+
+
+def _top_level_items(sql: str) -> int:
+    depth, items = 0, 1
+    for ch in sql:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        items += ch == "," and depth == 0
+    return items
+
+
+def test_state_lives_as_long_as_an_update_can_reach_it():
+    view = View("v", "user", (("user_id", "string"),), "s", None, 300 * US, None,
+                (RowFeature("last", AMOUNT, "float64"),), ())
+    assert flink_sql.job_config([view], flink_sql.Tuning())["table.exec.state.ttl"] == "0 ms"
+
+
+def test_unsupported_constructs_are_named():
+    plan = _plan()
+    view = dataclasses.replace(plan.view("user_spend"), row_features=(
+        RowFeature("embedding", Column("e", "list<float32>"), "list<float32>"),))
+    with pytest.raises(Unsupported, match="row feature 'embedding' of type list<float32>"):
+        flink_sql.compile_job(dataclasses.replace(plan, views=(view,)))
+    batch_only = dataclasses.replace(plan, views=(), sources=())
+    with pytest.raises(Unsupported, match="no view reads a stream source"):
+        flink_sql.compile_job(batch_only)
+    assert flink_sql.render(batch_only) == {}
+
+
+def test_render_is_deterministic_and_machine_free():
+    plan = _plan()
+    first = flink_sql.render(plan)
+    assert list(first) == ["job.sql"] and flink_sql.render(plan) == first
+    text = first["job.sql"]
+    assert "file://" not in text and str(REPO) not in text
+    assert text.count("INSERT INTO `featurestore_written`") == 7
+
+
+def test_every_aggregation_compiles():
+    functions = ["count", "sum", "avg", "min", "max", "first", "last", "count_distinct",
+                 "stddev", "variance"]
+    aggs = tuple(Aggregation(f"{f}_{t}", f, Column(c, t), None, HOUR,
+                             "float64" if f in ("avg", "stddev", "variance") else t)
+                 for f in functions for c, t in (("amount", "float64"), ("n", "int64")))
+    view = View("all", "user", (("user_id", "string"),), "s", None, 300 * US, HOUR, (), aggs)
+    source = Source("s", "stream", "files", "d/", "ts", (("user_id", "string"),
+                    ("amount", "float64"), ("n", "int64"), ("ts", "timestamp")),
+                    options=(("format", "json"),))
+    job = flink_sql.compile_job(Plan(sources=(source,), views=(view,)))
+    tiles = next(s for s in job.statements if "`all__tiles`" in s)
+    # exact sums without DECIMAL arithmetic, but for variance's b*b (64 unsigned bits)
+    assert "DECIMAL(38" not in tiles
+    assert tiles.count("AS DECIMAL(20, 0)) * CAST(") == 4
+    assert tiles.count("ARRAY_AGG(DISTINCT") == 2 and tiles.count("MIN(`__pair") == 2
