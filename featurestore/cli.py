@@ -40,6 +40,15 @@ def _cfg(args) -> config.RepoConfig:
     return config.load(root)
 
 
+def view_progress(st) -> str:
+    """One line about a materialized view."""
+    if st.mode.startswith("stream"):
+        return f"  {st.view}: a stream view, kept fresh by `featurestore stream`"
+    pruned = f", {st.pruned:,} pruned" if st.pruned else ""
+    return (f"  {st.view} ({st.mode}): {st.entities:,} entities, {st.tiles:,} tiles, "
+            f"{st.rows:,} rows{pruned} in {st.seconds:.2f} s")
+
+
 # ------------------------------------------------------------------- verbs
 def cmd_init(args) -> None:
     from featurestore import repo
@@ -141,9 +150,7 @@ def cmd_materialize(args) -> None:
         raise UserError(f"--start {args.start} is after --end {args.end}")
 
     def progress(st) -> None:
-        pruned = f", {st.pruned:,} pruned" if st.pruned else ""
-        say(f"  {st.view} ({st.mode}): {st.entities:,} entities, {st.tiles:,} tiles, "
-            f"{st.rows:,} rows{pruned} in {st.seconds:.2f} s")
+        say(view_progress(st))
 
     say(f"materializing into {url}")
     stats = materialize(plan, cfg.root, cfg.project, url, start_us=start, end_us=end,

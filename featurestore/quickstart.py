@@ -107,10 +107,10 @@ def _serve_and_lookup(cfg, plan, url: str, step: _Step, say, live: bool = False)
     live_job = LiveJob(plan, cfg.root, cfg.project, url) if live else None  # starts meanwhile
 
     step("featurestore materialize (DuckDB -> Redis)")
+    from featurestore.cli import view_progress
+
     stats = materialize(plan, cfg.root, cfg.project, url, memory_limit=cfg.memory_limit,
-                        progress=lambda st: say(
-                            f"  {st.view}: {st.entities:,} entities, {st.tiles:,} tiles, "
-                            f"{st.rows:,} rows in {st.seconds:.2f} s"))
+                        progress=lambda st: say(view_progress(st)))
     say(f"done in {stats.seconds:.2f} s")
 
     step("featurestore serve (gRPC)")

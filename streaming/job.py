@@ -91,6 +91,8 @@ class StreamJob:
         # httplib2 (under apache-beam, under PyFlink) calls pyparsing's
         # deprecated names as it is imported: noise in our users' terminals.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"httplib2(\.|$)")
+        # PyFlink 2.x warns about its own deprecated APIs that it calls itself.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pyflink(\.|$)")
         from pyflink.common import Configuration
         from pyflink.table import EnvironmentSettings, TableEnvironment
 
