@@ -103,10 +103,16 @@ class SourceChecks:
             self.report("E212", clause.span, "'lateness' applies to stream sources only",
                         "batch sources are read whole: no event is late")
             return False
-        if clause.duration.us == 0:
-            return 0  # zero lateness is meaningful: late events are not waited for
-        us = self._positive(clause.duration, "lateness")
-        return False if us is None else us
+        us = clause.duration.us
+        if us is not None and us < 1_000_000:
+            # Every event arrives some time after it happened: a lateness this
+            # short would drop nearly all of them as late.
+            self.report("E412", clause.duration.span,
+                        f"lateness must be at least 1s, got {clause.duration.text}",
+                        "events always arrive after their time; leave 'lateness' out to "
+                        "accept every event a window can still reach")
+            return False
+        return us
 
     def _connector(self, clause: ast.ConnectorClause) -> tuple | None:
         """(kind, format, path, options) of a connector; None when wrong (reported)."""

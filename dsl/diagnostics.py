@@ -80,6 +80,7 @@ CODES: dict[str, tuple[str, str]] = {
     "E409": (ERROR, "service without features"),
     "E410": (ERROR, "stream ttl shorter than a window"),
     "E411": (ERROR, "unbounded stream aggregation"),
+    "E412": (ERROR, "lateness under a second"),
     "W501": (WARNING, "feature listed twice in a service"),
     "W502": (WARNING, "absolute source path"),
 }

@@ -55,10 +55,10 @@ def test_connectors_give_the_plan_source(connector, kind, format_, path, options
 def test_stream_lateness():
     text = """source s { stream files "in/" format json timestamp ts lateness 10m
                          schema { user_id: string, ts: timestamp } }
-              source z { stream files "in/" format json timestamp ts lateness 0s
+              source z { stream files "in/" format json timestamp ts lateness 1s
                          schema { user_id: string, ts: timestamp } }"""
     plan = plan_of(text)
-    assert plan.source("s").lateness_us == 600_000_000 and plan.source("z").lateness_us == 0
+    assert plan.source("s").lateness_us == 600_000_000 and plan.source("z").lateness_us == 1_000_000
 
 
 def test_stream_view_within_its_ttl():
