@@ -14,10 +14,12 @@ labels before any event), one plan covering every aggregation, and checks:
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
 import random
 import struct
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -293,3 +295,36 @@ def check_served(get_served: Served, export_labels: Callable[[pa.Table], pa.Tabl
             if not same(got, want):
                 mismatches.append((user, shop, name, got, want))
     assert not mismatches, f"{len(mismatches)} mismatches, e.g. {mismatches[:5]}"
+
+
+def served_at(redis_url: str, entities, t: int) -> dict[str, list]:
+    """Every feature of the service "everything" for `entities` ((user, shop)
+    pairs), from a real gRPC server over `redis_url` with its clock at t."""
+    from featurestore.backends.serving_manifest import manifest_from_plan
+    from serving.server import start_server
+
+    result: dict = {}
+
+    async def run():
+        server = await start_server(manifest_from_plan(PLAN, PROJECT), redis_url, port=0,
+                                    clock=lambda: t)
+        try:
+            loop = asyncio.get_running_loop()
+            result.update(await loop.run_in_executor(None, _lookup, server.address, entities))
+        finally:
+            await server.stop(None)
+
+    # grpc.aio wants an event loop of its own: the server runs on a thread.
+    thread = threading.Thread(target=lambda: asyncio.run(run()))
+    thread.start()
+    thread.join()
+    return result
+
+
+def _lookup(address: str, entities) -> dict[str, list]:
+    from serving.client import FeatureClient
+
+    with FeatureClient(address) as client:
+        return client.get_online_features(
+            service="everything",
+            entities={"user": [u for u, _ in entities], "shop": [s for _, s in entities]}).to_dict()

@@ -6,16 +6,10 @@
 """
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import pytest
 
-from featurestore.backends.serving_manifest import manifest_from_plan
 from featurestore.export import export
 from featurestore.materialize import materialize
-from serving.client import FeatureClient
-from serving.server import start_server
 from tests import differential as d
 
 
@@ -41,34 +35,7 @@ def test_served_after_materialize_equals_export(data, redis_url, at):
     materialize(d.PLAN, root, d.PROJECT, redis_url, end_us=at)
 
     def served(entities, t):
-        return _serve_and_get(redis_url, entities, t)
+        return d.served_at(redis_url, entities, t)
 
     d.check_served(served, lambda labels: export(d.PLAN, root, labels, service="everything"),
                    events, at)
-
-
-def _serve_and_get(redis_url: str, entities, t: int) -> dict[str, list]:
-    """Start the gRPC server with its clock at t, look every entity up."""
-    result: dict = {}
-
-    async def run():
-        server = await start_server(manifest_from_plan(d.PLAN, d.PROJECT), redis_url, port=0,
-                                    clock=lambda: t)
-        try:
-            loop = asyncio.get_running_loop()
-            result.update(await loop.run_in_executor(None, _lookup, server.address, entities))
-        finally:
-            await server.stop(None)
-
-    thread = threading.Thread(target=lambda: asyncio.run(run()))
-    thread.start()
-    thread.join()
-    return result
-
-
-def _lookup(address: str, entities) -> dict[str, list]:
-    with FeatureClient(address) as client:
-        got = client.get_online_features(
-            service="everything",
-            entities={"user": [u for u, _ in entities], "shop": [s for _, s in entities]})
-        return got.to_dict()

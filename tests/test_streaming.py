@@ -17,7 +17,6 @@ shifted so that the served time lies 25 to 30 minutes ahead of now.
 """
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import math
@@ -26,7 +25,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +33,8 @@ import pytest
 import redis
 
 from featurestore import layout, redis_local
-from featurestore.backends.serving_manifest import manifest_from_plan
 from featurestore.export import export
 from featurestore.materialize import materialize
-from serving.client import FeatureClient
-from serving.server import start_server
 from streaming import push
 from tests import differential as d
 
@@ -153,32 +148,6 @@ def stream(tmp_path_factory):
         server.stop()
 
 
-def _served(url: str, entities, t: int) -> dict[str, list]:
-    """Every feature of every entity, from a gRPC server with its clock at t."""
-    result: dict = {}
-
-    async def run():
-        server = await start_server(manifest_from_plan(d.PLAN, d.PROJECT), url, port=0,
-                                    clock=lambda: t)
-        try:
-            loop = asyncio.get_running_loop()
-            result.update(await loop.run_in_executor(None, _lookup, server.address, entities))
-        finally:
-            await server.stop(None)
-
-    thread = threading.Thread(target=lambda: asyncio.run(run()))
-    thread.start()
-    thread.join()
-    return result
-
-
-def _lookup(address: str, entities) -> dict[str, list]:
-    with FeatureClient(address) as client:
-        return client.get_online_features(
-            service="everything",
-            entities={"user": [u for u, _ in entities], "shop": [s for _, s in entities]}).to_dict()
-
-
 def _differences(got: dict, want: dict) -> list:
     return [(name, i, got[name][i], want[name][i]) for name in d.FEATURES
             for i in range(len(want[name])) if not d.same(got[name][i], want[name][i])]
@@ -189,7 +158,7 @@ def _batch_values(root: Path, url: str, events: list[dict], entities, t: int) ->
     d.write_events(root / "batch", events)
     redis.Redis.from_url(url + "/1").flushdb()
     materialize(d.PLAN, root / "batch", d.PROJECT, url + "/1", end_us=t)
-    return _served(url + "/1", entities, t)
+    return d.served_at(url + "/1", entities, t)
 
 
 def _wait_for(url: str, entities, t: int, want: dict, job: Job) -> dict:
@@ -197,7 +166,7 @@ def _wait_for(url: str, entities, t: int, want: dict, job: Job) -> dict:
     last ones after WAIT_S; fails at once if the job died."""
     end = time.monotonic() + WAIT_S
     while True:
-        got = _served(url + "/0", entities, t)
+        got = d.served_at(url + "/0", entities, t)
         if not _differences(got, want) or time.monotonic() > end:
             return got
         assert job.proc.poll() is None, f"the job died:\n{job.output()[-3000:]}"
@@ -230,7 +199,7 @@ def test_stream_equals_batch_and_reference(stream):
     got = _wait_for(stream.url, entities, stream.t, want, stream.job)
 
     assert not _differences(got, want), _differences(got, want)[:5]
-    d.check_served(lambda ents, at: _served(stream.url + "/0", ents, at),
+    d.check_served(lambda ents, at: d.served_at(stream.url + "/0", ents, at),
                    lambda labels: export(d.PLAN, stream.root / "batch", labels,
                                          service="everything"),
                    stream.counted, stream.t)
