@@ -59,13 +59,12 @@ def test_incremental_run_ends_where_a_full_run_ends(tmp_path, redis_url, events)
 
 def test_incremental_run_serves_what_export_computes(tmp_path, redis_url, events):
     from featurestore.export import export
-    from tests.test_export_differential import _serve_and_get
 
     _write(tmp_path, [e for e in events if e["ts"] <= E1])
     materialize(d.PLAN, tmp_path, d.PROJECT, redis_url, end_us=E1)
     _write(tmp_path, events)
     materialize(d.PLAN, tmp_path, d.PROJECT, redis_url, end_us=E2, incremental=True)
-    d.check_served(lambda entities, t: _serve_and_get(redis_url, entities, t),
+    d.check_served(lambda entities, t: d.served_at(redis_url, entities, t),
                    lambda labels: export(d.PLAN, tmp_path, labels, service="everything"),
                    events, E2)
 
