@@ -108,7 +108,25 @@ def parse_tile_field(field: bytes) -> int:
     return int(field)
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True).encode
+def _make_dumps():
+    """`json.dumps` with the layout's options. The streaming writers encode
+    tens of thousands of values per second: where CPython's C encoder can be
+    made once (instead of once per call, as `JSONEncoder.encode` does), it
+    is, after checking that both give the same text."""
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+    try:
+        make = json.encoder.c_make_encoder
+        chunks = make(None, encoder.default, json.encoder.encode_basestring, None, ":", ",",
+                      False, False, True)
+        probe = [1, -2.5, [None, True, "\u00e9\"\n"], {"a": 1e300}, float("nan")]
+        if "".join(chunks(probe, 0)) != encoder.encode(probe):
+            raise ValueError("C encoder differs")
+    except (AttributeError, TypeError, ValueError):
+        return encoder.encode
+    return lambda value: "".join(chunks(value, 0))
+
+
+_dumps = _make_dumps()
 
 
 def encode_row(event_ts_us: int, values: Iterable[object]) -> bytes:

@@ -121,18 +121,23 @@ def _low(v: str) -> str:
     return f"MOD(MOD({v}, 4294967296) + 4294967296, 4294967296)"
 
 
-def state_sql(c: tiles.StateColumn, k: int, type_: str | None, where: str) -> StateSql:
-    """The Flink form of state column c of aggregation k (`where`: its FILTER)."""
-    name, x = f"__s{k}_{c.name}", f"`__x{k}`"
+def state_sql(c: tiles.StateColumn, k: int | None, type_: str | None, w: int | None) -> StateSql:
+    """The Flink form of state column c over argument x<k> (None: count())
+    and filter w<w> (None: every row). A column's name says what it
+    computes, so that aggregations that share a column (`sum(x) over 1h,
+    1d`, or the sum inside `avg(x)`) compute it once."""
+    where = f" FILTER (WHERE `__w{w}`)" if w is not None else ""
+    name = f"__s{'r' if k is None else k}{'' if w is None else f'w{w}'}_{c.reduce}_{c.input}"
+    x = f"`__x{k}`"
     if c.reduce == "count":
         arg = {"row": "*", "value": x}.get(c.input) or _input_sql(c.input, k)
         return StateSql((f"COUNT({arg}){where}",), (Field(name, "int", False),), "value")
     if c.reduce == "sum" and c.input == "b2":
-        return StateSql((f"SUM(`__i{k}_{c.name}`){where}",), (Field(name, "decimal"),), "int")
+        return StateSql((f"SUM(`__i{k}_{c.input}`){where}",), (Field(name, "decimal"),), "int")
     if c.reduce == "sum":
         # Exact without DECIMAL arithmetic (which costs an object per row):
         # sums of the high and low 32 bits, each far from overflowing BIGINT.
-        i, low = f"`__i{k}_{c.name}`", f"`__l{k}_{c.name}`"
+        i, low = f"`__i{k}_{c.input}`", f"`__l{k}_{c.input}`"
         return StateSql((f"SUM(({i} - {low}) / 4294967296){where}", f"SUM({low}){where}"),
                         (Field(name + "_h", "int"), Field(name + "_l", "int")), "halves")
     if c.reduce == "set":
@@ -152,17 +157,31 @@ def state_sql(c: tiles.StateColumn, k: int, type_: str | None, where: str) -> St
     return StateSql((f"{c.reduce.upper()}({x}){where}",), (Field(name, KINDS[type_]),), "value")
 
 
-def aggregation_states(view: View) -> list[tuple[tiles.Aggregation, list[StateSql]]]:
-    """Per aggregation of the view: its tile state and the state's Flink columns."""
+def shared_inputs(view: View) -> list[tuple[int | None, int | None]]:
+    """Per aggregation (x, w): the first aggregation with the same argument
+    and the first with the same filter (None where it has none). Columns
+    x<x> and w<w> are computed once for all that share them."""
+    args: dict[tuple[str, str], int] = {}
+    wheres: dict[str, int] = {}
     out = []
     for k, a in enumerate(view.aggregations):
+        x = None if a.arg is None else args.setdefault((expr_sql(a.arg), a.arg.type), k)
+        w = None if a.where is None else wheres.setdefault(expr_sql(a.where), k)
+        out.append((x, w))
+    return out
+
+
+def aggregation_states(view: View) -> list[tuple[tiles.Aggregation, list[StateSql]]]:
+    """Per aggregation of the view: its tile state and the state's Flink
+    columns (equal columns for the columns that aggregations share)."""
+    out = []
+    for a, (x, w) in zip(view.aggregations, shared_inputs(view)):
         type_ = a.arg.type if a.arg is not None else None
         try:
             agg = tiles.aggregation(a.function, type_)
         except ValueError as e:
             raise Unsupported(str(e)) from None
-        where = f" FILTER (WHERE `__w{k}`)" if a.where is not None else ""
-        out.append((agg, [state_sql(c, k, type_, where) for c in agg.columns]))
+        out.append((agg, [state_sql(c, x, type_, w) for c in agg.columns]))
     return out
 
 
@@ -170,10 +189,10 @@ def _arguments_sql(view: View) -> list[str]:
     """x<k>: the argument as tiles.py reads it (float zeros made +0.0,
     timestamps as epoch µs); w<k>: the aggregation's `where`."""
     cols = []
-    for k, a in enumerate(view.aggregations):
-        if a.arg is not None:
+    for k, (a, (x, w)) in enumerate(zip(view.aggregations, shared_inputs(view))):
+        if x == k:
             cols.append(f"{_value_sql(expr_sql(a.arg), a.arg.type)} AS `__x{k}`")
-        if a.where is not None:
+        if w == k:
             cols.append(f"({expr_sql(a.where)}) IS TRUE AS `__w{k}`")
     return cols
 
@@ -190,28 +209,38 @@ def _derived_sql(view: View) -> list[list[str]]:
     fixed<k> (tiles.py's fixed point), then a<k>, b<k> with fixed = a * 2**32
     + b and 0 <= b < 2**32 (their products fit in 64 bits). first, last:
     pair<k> (`pair_sql`), for float64 after the steps that find its exponent.
-    Sums: i<k>_<column>, the summed input, then l<k>_<column>, its low bits."""
+    Sums: i<k>_<input>, the summed input, then l<k>_<input>, its low bits.
+    Each is computed once for all the aggregations over x<k>."""
     steps: list[list[str]] = [[], [], [], []]
-    for k, (a, (agg, _)) in enumerate(zip(view.aggregations, aggregation_states(view))):
+    seen: set[str] = set()
+
+    def add(step: int, sql: str, name: str) -> None:
+        if name not in seen:
+            seen.add(name)
+            steps[step].append(f"{sql} AS `{name}`")
+
+    for a, (agg, _), (k, _) in zip(view.aggregations, aggregation_states(view),
+                                   shared_inputs(view)):
         t = a.arg.type if a.arg is not None else None
         x = f"`__x{k}`"
         if a.function in ("variance", "stddev"):
             fixed = x if t in ("int64", "int32") else (
                 f"CASE WHEN ABS({x}) < {_TWO_31} THEN CAST({x} * {_TWO_32} AS BIGINT) END")
-            steps[0].append(f"{fixed} AS `__fixed{k}`")
-            steps[1] += [f"{_low(f'`__fixed{k}`')} AS `__b{k}`",
-                         f"(`__fixed{k}` - {_low(f'`__fixed{k}`')}) / 4294967296 AS `__a{k}`"]
+            add(0, fixed, f"__fixed{k}")
+            add(1, _low(f"`__fixed{k}`"), f"__b{k}")
+            add(1, f"(`__fixed{k}` - {_low(f'`__fixed{k}`')}) / 4294967296", f"__a{k}")
         if a.function in ("first", "last"):
-            if KINDS[t] == "float":
+            if KINDS[t] == "float" and f"__g{k}" not in seen:
                 g, q = float_steps(x, str(k))
+                seen.add(f"__g{k}")
                 steps[0].append(g)
                 steps[1].append(q)
-            steps[2].append(f"{pair_sql('`__ts`', x, t, f'`__q{k}`')} AS `__pair{k}`")
+            add(2, pair_sql("`__ts`", x, t, f"`__q{k}`"), f"__pair{k}")
         for c in agg.columns:
             if c.reduce == "sum":
-                steps[2].append(f"{_input_sql(c.input, k)} AS `__i{k}_{c.name}`")
+                add(2, _input_sql(c.input, k), f"__i{k}_{c.input}")
                 if c.input != "b2":
-                    steps[3].append(f"{_low(f'`__i{k}_{c.name}`')} AS `__l{k}_{c.name}`")
+                    add(3, _low(f"`__i{k}_{c.input}`"), f"__l{k}_{c.input}")
     return steps
 
 
@@ -219,8 +248,9 @@ def tiles_sql(view: View, rows: str, cut: str) -> str:
     """Per (entity, tile) of the view's rows that pass `cut`: the state
     columns of every aggregation, updated as rows arrive."""
     keys = ", ".join(ident(k) for k, _ in view.keys)
-    columns = [f"{agg} AS {ident(f.name)}" for _, states in aggregation_states(view)
-               for s in states for agg, f in zip(s.aggregates, s.fields)]
+    columns = list({f.name: f"{agg} AS {ident(f.name)}"
+                    for _, states in aggregation_states(view)
+                    for s in states for agg, f in zip(s.aggregates, s.fields)}.values())
     select = (f"SELECT *, {floor_to('`__ts`', view.tile_us)} AS `__tile` "
               f"FROM {ident(rows)} WHERE {cut}")
     select = f"SELECT {', '.join([keys, '`__tile`', '`__ts`', *_arguments_sql(view)])} FROM ({select})"
@@ -286,5 +316,7 @@ def latest_sql(view: View, rows: str, cut: str) -> str:
 
 
 def state_fields(view: View) -> list[Field]:
-    """The tiles view's state columns, as the sink reads them, in order."""
-    return [f for _, states in aggregation_states(view) for s in states for f in s.fields]
+    """The tiles view's state columns, as the sink reads them, in order:
+    each once, where it first appears."""
+    return list({f.name: f for _, states in aggregation_states(view)
+                 for s in states for f in s.fields}.values())

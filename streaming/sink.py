@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from operator import itemgetter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -90,8 +91,7 @@ def input_fields(view: ViewOutput, part: str) -> list[Field]:
     """The columns the function of `part` receives, in order, each flagged
     field followed by its null flag."""
     if part == TILES:
-        fields = [*view.keys, Field("tile", "int", False),
-                  *(f for s in view.states for c in s.columns for f in c.fields)]
+        fields = [*view.keys, Field("tile", "int", False), *state_fields(view)]
     elif part == LATEST:
         fields = [*view.keys, Field("latest", "string", False)]
     else:
@@ -103,6 +103,12 @@ def input_fields(view: ViewOutput, part: str) -> list[Field]:
         if f.flagged:
             out.append(Field(f.flag, "bool", False))
     return out
+
+
+def state_fields(view: ViewOutput) -> list[Field]:
+    """The fields of the view's tile states, each once (aggregations may
+    share a column: `sum(x) over 1h, 1d`), where it first appears."""
+    return list({f.name: f for s in view.states for c in s.columns for f in c.fields}.values())
 
 
 # ------------------------------------------------------------ decoding
@@ -158,32 +164,45 @@ def decode_latest(text: str, kinds: Sequence[str]) -> tuple[int, list]:
     """The event time and row-feature values of flink_states.latest_text_sql's
     text: ts, then per feature a null mark and its order text, then the signs
     of float zeros, then '|' and Java's digits of each float feature."""
-    ts, at = int(text[:19]) - _OFFSET_62, 19
-    values: list = []
-    for kind in kinds:
-        present, at = text[at] == "1", at + 1
-        if not present:
-            values.append(None)
-        elif kind == "int":
-            values.append(int(text[at:at + 20]) - _OFFSET_63)
-            at += 20
-        elif kind == "bool":
-            values.append(text[at] == "1")
-            at += 1
-        elif kind == "string":
-            value, at = _unescape(text, at)
-            values.append(value)
-        else:
-            at += 21 if text[at] in "13" else 1  # finite non-zero: class, exponent, significand
-            values.append(math.nan)              # the digits follow at the end
-    digits = text[at + sum(1 for k in kinds if k == "float"):].split("|")[1:]
-    floats = iter(digits)
-    for i, kind in enumerate(kinds):
-        if kind == "float":
-            text_value = next(floats)
-            if values[i] is not None:
-                values[i] = float(text_value)
-    return ts, values
+    return latest_decoder(tuple(kinds))(text)
+
+
+def latest_decoder(kinds: tuple[str, ...]) -> Callable[[str], tuple[int, list]]:
+    """`decode_latest` for one view's kinds, with what does not depend on
+    the text worked out once (the writers decode every latest row)."""
+    floats = [i for i, kind in enumerate(kinds) if kind == "float"]
+
+    def decode(text: str) -> tuple[int, list]:
+        ts, at = int(text[:19]) - _OFFSET_62, 19
+        values: list = []
+        for kind in kinds:
+            if text[at] != "1":
+                values.append(None)
+                at += 1
+            elif kind == "string":
+                end = text.index("\0", at + 1)
+                if text[end + 1] == "\0":   # no NUL inside: the common case
+                    values.append(text[at + 1:end])
+                    at = end + 2
+                else:
+                    value, at = _unescape(text, at + 1)
+                    values.append(value)
+            elif kind == "int":
+                values.append(int(text[at + 1:at + 21]) - _OFFSET_63)
+                at += 21
+            elif kind == "bool":
+                values.append(text[at + 1] == "1")
+                at += 2
+            else:  # finite non-zero: class, exponent, significand; the digits follow
+                at += 22 if text[at + 1] in "13" else 2
+                values.append(math.nan)
+        if floats:
+            digits = text[at + len(floats):].split("|")[1:]
+            for i, digit in zip(floats, digits):
+                if values[i] is not None:
+                    values[i] = float(digit)
+        return ts, values
+    return decode
 
 
 def _unescape(text: str, at: int) -> tuple[str, int]:
@@ -199,6 +218,14 @@ def _unescape(text: str, at: int) -> tuple[str, int]:
 
 
 # ------------------------------------------------------------ the writer
+def _pick(columns: Sequence[list], rows: list[int]) -> list[list]:
+    """The given rows of every column."""
+    if len(rows) == 1:
+        return [[column[rows[0]]] for column in columns]
+    get = itemgetter(*rows)
+    return [list(get(column)) for column in columns]
+
+
 Clock = Callable[[], int]
 
 
@@ -229,6 +256,14 @@ class RedisSink:
         self._clock = clock
         self._keys: dict[tuple, bytes] = {}
         self._expiry: dict[bytes, int] = {}   # the expiry each tiles key was last given
+        self._decode_latest = latest_decoder(view.row_kinds)
+        # per aggregation: whether its state is bare, and per state column
+        # (decoder, index of each of its fields among the state columns)
+        at = {f.name: i for i, f in enumerate(state_fields(view))}
+        self._state_columns = [
+            (tiles.aggregation(s.function, s.input_type).bare,
+             [(c.decoder, *(at[f.name] for f in c.fields)) for c in s.columns])
+            for s in view.states]
         self.stats = WriteStats()
 
     def close(self) -> None:
@@ -241,6 +276,13 @@ class RedisSink:
         if len(columns) != len(self.fields):
             raise ValueError(f"{self.part} of view {self.view.name!r} takes "
                              f"{len(self.fields)} columns, not {len(columns)}")
+        if self.part != DROPPED:
+            # a key (and tile) may come more than once: Flink's mini-batches
+            # queue up when the writers fall behind
+            n = len(self.view.keys) + (self.part == TILES)
+            rows = self._last(list(zip(*columns[:n])))
+            if len(rows) < len(columns[0]):
+                columns = _pick(columns, rows)
         values = self._unflag(columns)
         expiries: dict[bytes, int] = {}
         if self.part == TILES:
@@ -302,7 +344,7 @@ class RedisSink:
             out.append(key)
         return out
 
-    def _last(self, targets: list) -> list[int]:
+    def _last(self, targets: list[tuple]) -> list[int]:
         """Row numbers of the last update of each target, in batch order."""
         last = {t: r for r, t in enumerate(targets)}
         self.stats.superseded += len(targets) - len(last)
@@ -313,12 +355,10 @@ class RedisSink:
         changes (noted in `expiries`)."""
         view, n = self.view, len(self.view.keys)
         keys, starts = self._entity_keys(values, layout.tiles_key), values[n]
-        rows = self._last(list(zip(keys, starts)))
-        states = self._states(values[n + 1:], rows)
+        states = self._states(values[n + 1:])
         now, keep = self._clock(), view.tiles_keep_us
         commands, newest = [], {}
-        for r, state in zip(rows, states):
-            key, tile = keys[r], starts[r]
+        for key, tile, state in zip(keys, starts, states):
             if keep is not None and tile + keep <= now:
                 self.stats.expired += 1
                 continue
@@ -337,34 +377,33 @@ class RedisSink:
                 commands.append((b"PEXPIREAT", key, expire_ms))
         return commands
 
-    def _states(self, values: list[list], rows: list[int]) -> list[list]:
-        """The tile state lists of `rows`, from the state fields' columns."""
-        per_aggregation, i = [], 0
-        for s in self.view.states:
-            columns = []
-            for c in s.columns:
-                n = len(c.fields)
-                fields = values[i:i + n]
-                if len(rows) != len(values[0]):   # some updates were superseded
-                    fields = [[col[r] for r in rows] for col in fields]
-                columns.append(DECODERS[c.decoder](fields))
-                i += n
-            bare = tiles.aggregation(s.function, s.input_type).bare
-            per_aggregation.append(columns[0] if bare else [list(t) for t in zip(*columns)])
+    def _states(self, values: list[list]) -> list[list]:
+        """The tile state lists, from the state fields' columns (a column
+        that aggregations share is decoded once)."""
+        decoded: dict[tuple, list] = {}
+        per_aggregation = []
+        for bare, columns in self._state_columns:
+            for c in columns:
+                if c not in decoded:
+                    decoded[c] = DECODERS[c[0]]([values[i] for i in c[1:]])
+            if bare:
+                per_aggregation.append(decoded[columns[0]])
+            else:
+                per_aggregation.append([list(t) for t in zip(*(decoded[c] for c in columns))])
         return [list(t) for t in zip(*per_aggregation)]
 
     def _latest(self, values: list[list]) -> list[tuple]:
         view, n = self.view, len(self.view.keys)
         keys, texts = self._entity_keys(values, layout.row_key), values[n]
         now, keep = self._clock(), view.rows_keep_us
-        commands = []
-        for r in self._last(keys):
-            ts, row = decode_latest(texts[r], view.row_kinds)
+        commands, decode = [], self._decode_latest
+        for key, text in zip(keys, texts):
+            ts, row = decode(text)
             if keep is None:
-                commands.append((b"SET", keys[r], layout.encode_row(ts, row)))
+                commands.append((b"SET", key, layout.encode_row(ts, row)))
             elif ts + keep <= now:
                 self.stats.expired += 1
             else:
-                commands.append((b"SET", keys[r], layout.encode_row(ts, row),
+                commands.append((b"SET", key, layout.encode_row(ts, row),
                                  b"PXAT", (ts + keep) // 1000))
         return commands

@@ -42,11 +42,13 @@ def _tile_row(user: str, tile: int, *, count: int, amounts: list[float], nan: bo
     """The field values Flink sends for one tile (names of sink.input_fields)."""
     hi = sum(int(a) for a in amounts)
     lo = sum(int((a - int(a)) * 2.0 ** 62) for a in amounts)
-    return {"k0": user, "tile": tile, "__s0_n": count,
-            "__s1_h_h": _halves(hi)[0], "__s1_h_l": _halves(hi)[1],
-            "__s1_l_h": _halves(lo)[0], "__s1_l_l": _halves(lo)[1], "__s1_n_out": 0,
-            "__s2_v": max(amounts), "__s2_v_nan": int(nan),
-            "__s3_tv": f"{first[0] + OFFSET_62:019d}{first[1]}", "__s4_set": ns}
+    return {"k0": user, "tile": tile, "__sr_count_row": count,
+            "__s1_sum_hi_h": _halves(hi)[0], "__s1_sum_hi_l": _halves(hi)[1],
+            "__s1_sum_lo_h": _halves(lo)[0], "__s1_sum_lo_l": _halves(lo)[1],
+            "__s1_count_out63": 0,
+            "__s1_max_value": max(amounts), "__s1_max_value_nan": int(nan),
+            "__s3_min_ts_value": f"{first[0] + OFFSET_62:019d}{first[1]}",
+            "__s4_set_value": ns}
 
 
 def _columns(part: str, rows: list[dict]) -> list[list]:

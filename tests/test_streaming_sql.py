@@ -11,7 +11,7 @@ import pytest
 import dsl
 from dsl.plan import (Aggregation, Binary, Case, Cast, Column, Literal, Plan, RowFeature, Source,
                       View)
-from streaming import flink_sql, sink
+from streaming import flink_sql, flink_states, sink
 from streaming.flink_expr import Unsupported, cast_sql, double, expr_sql, literal
 
 REPO = Path(__file__).parent / "example_repos" / "streaming"
@@ -164,5 +164,36 @@ def test_every_aggregation_compiles():
     tiles = next(s for s in job.statements if "`all__tiles`" in s)
     # exact sums without DECIMAL arithmetic, but for variance's b*b (64 unsigned bits)
     assert "DECIMAL(38" not in tiles
-    assert tiles.count("AS DECIMAL(20, 0)) * CAST(") == 4
+    # (stddev and variance of one column share their sums)
+    assert tiles.count("AS DECIMAL(20, 0)) * CAST(") == 2
     assert tiles.count("ARRAY_AGG(DISTINCT") == 2 and tiles.count("MIN(`__pair") == 2
+
+
+def test_aggregations_that_share_a_column_compute_it_once():
+    """`sum(amount) over 1h, 1d` and `avg(amount)` hold the same sum in their
+    tile states: Flink computes it once, and the writer gives each its copy."""
+    amount = Column("amount", "float64")
+    big = Binary(">=", amount, Literal(100, "int64"), "bool")
+    aggs = (Aggregation("spend_1h", "sum", amount, None, HOUR, "float64"),
+            Aggregation("spend_1d", "sum", amount, None, 24 * HOUR, "float64"),
+            Aggregation("avg_1d", "avg", amount, None, 24 * HOUR, "float64"),
+            Aggregation("big_1h", "count", None, big, HOUR, "int64"),
+            Aggregation("big_1d", "count", None, big, 24 * HOUR, "int64"),
+            Aggregation("big_spend", "sum", amount, big, 24 * HOUR, "float64"))
+    view = View("v", "user", (("user_id", "string"),), "s", None, 300 * US, 24 * HOUR, (), aggs)
+    source = Source("s", "stream", "files", "d/", "ts", (("user_id", "string"),
+                    ("amount", "float64"), ("ts", "timestamp")), options=(("format", "json"),))
+    job = flink_sql.compile_job(Plan(sources=(source,), views=(view,)))
+    tiles = next(s for s in job.statements if "`v__tiles`" in s)
+    head = tiles.split("FROM (")[0]
+    # one sum of amount over all rows (hi and lo, each as two halves) and one
+    # over the filtered rows; counts: amounts (avg's n), filtered rows, and
+    # amounts out of range for each of the two sums
+    assert head.count("SUM(") == 8 and head.count("COUNT(") == 4
+    assert head.count(" AS `__x") == 0 and tiles.count(" AS `__x") == 1
+    assert tiles.count(" AS `__w") == 1
+    fields = [f.name for f in flink_states.state_fields(view)]
+    assert len(fields) == len(set(fields))
+    out = job.sinks[0]
+    assert [f.name for f in sink.input_fields(out, sink.TILES) if not f.name.endswith("__null")
+            ] == ["k0", "tile", *fields]
