@@ -324,10 +324,13 @@ def main() -> None:
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
-    results["freshness_ok"] = (results.get("freshness_p50_ms", 0) <= 500
-                               and results.get("freshness_p99_ms", 0) <= 1000)
-    results["throughput_ok"] = (results.get("redis_events_per_s", 0) >= 150_000
-                                and results.get("redis_vs_blackhole", 0) >= 0.5)
+    # the targets: p50 <= 500 ms and p99 <= 1 s; 150k events/s and half the blackhole's
+    if "freshness_p50_ms" in results:
+        results["freshness_ok"] = (results["freshness_p50_ms"] <= 500
+                                   and results["freshness_p99_ms"] <= 1000)
+    if "redis_events_per_s" in results:
+        results["throughput_ok"] = (results["redis_events_per_s"] >= 150_000
+                                    and results["redis_vs_blackhole"] >= 0.5)
     print(json.dumps(results))
 
 

@@ -41,6 +41,7 @@ the equality.
 from __future__ import annotations
 
 import json
+import math
 from typing import Iterable, Mapping, Sequence
 
 LAYOUT_VERSION = 2
@@ -140,6 +141,49 @@ def decode_row(raw: bytes) -> tuple[int, list]:
 
 def encode_tile(states: Sequence[object]) -> bytes:
     return _dumps(list(states)).encode()
+
+
+def encode_tiles(shapes: Sequence[int | None], columns: Sequence[Sequence[object]],
+                 kinds: Sequence[str]) -> list[bytes]:
+    """`encode_tile` of many tiles at once, from their states' columns: the
+    bytes of row r are encode_tile(states of r), where aggregation j's state
+    is its next column's value when shapes[j] is None (a bare state), or a
+    list of the values of its next shapes[j] columns. kinds[c] says what
+    column c holds: "int" (ints or None), "float" (floats or None) or "any".
+    A column passed more than once (the same list: a column that states
+    share) is spelled once. The streaming writers encode a batch this way,
+    column by column, instead of building and encoding a list per tile."""
+    spelled: dict[int, list[str]] = {}
+    texts = []
+    for column, kind in zip(columns, kinds, strict=True):
+        text = spelled.get(id(column))
+        if text is None:
+            text = spelled[id(column)] = _SPELL[kind](column)
+        texts.append(text)
+    template = "[" + ",".join("%s" if n is None else "[" + ",".join(["%s"] * n) + "]"
+                              for n in shapes) + "]"
+    return [(template % row).encode() for row in zip(*texts)]
+
+
+def _spell_ints(values: Sequence[object]) -> list[str]:
+    if None in values:
+        return ["null" if v is None else str(v) for v in values]
+    return list(map(str, values))
+
+
+def _spell_float(v: float | None) -> str:
+    if v is None:
+        return "null"
+    if v != v:
+        return "NaN"
+    if v in (math.inf, -math.inf):
+        return "Infinity" if v > 0 else "-Infinity"
+    return float.__repr__(v)
+
+
+_SPELL = {"int": _spell_ints,
+          "float": lambda values: [_spell_float(v) for v in values],
+          "any": lambda values: [_dumps(v) for v in values]}
 
 
 def decode_tile(raw: bytes) -> list:

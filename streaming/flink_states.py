@@ -27,8 +27,10 @@ _TWO_63, _TWO_62, _TWO_31, _TWO_32 = (double(2.0 ** 63), double(2.0 ** 62), doub
 
 # ================================================================ order texts
 def ts_text(ts: str) -> str:
-    """19 digits of ts + 2**62: fixed width, in time order."""
-    return f"LPAD(CAST({ts} + {OFFSET_62} AS STRING), 19, '0')"
+    """19 digits of ts + 2**62: fixed width, in time order. (Every TIMESTAMP
+    of Flink, years 0 to 9999, is within 2**58 µs of the epoch, so the sum
+    always has 19 digits and needs no padding, a saving on every event.)"""
+    return f"CAST({ts} + {OFFSET_62} AS STRING)"
 
 
 def int_text(x: str) -> str:

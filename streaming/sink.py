@@ -151,6 +151,17 @@ def _float_after_order(text: str) -> float:
     return float(text[text.index("|") + 1:])  # Java's digits of the value: exact
 
 
+def _spelling(column: StateColumn) -> str:
+    """What a decoded state column holds, for layout.encode_tiles."""
+    if column.decoder in ("int", "halves") or (column.decoder == "value"
+                                               and column.fields[0].kind == "int"):
+        return "int"
+    if column.decoder in ("max_float", "min_float") or (column.decoder == "value"
+                                                        and column.fields[0].kind == "float"):
+        return "float"
+    return "any"
+
+
 # decoder -> how the values of one state column are made from its fields' values
 DECODERS: dict[str, Callable[[list], list]] = {
     "value": lambda columns: columns[0], "int": _exact_ints, "halves": _halves,
@@ -260,10 +271,10 @@ class RedisSink:
         # per aggregation: whether its state is bare, and per state column
         # (decoder, index of each of its fields among the state columns)
         at = {f.name: i for i, f in enumerate(state_fields(view))}
-        self._state_columns = [
-            (tiles.aggregation(s.function, s.input_type).bare,
-             [(c.decoder, *(at[f.name] for f in c.fields)) for c in s.columns])
-            for s in view.states]
+        self._state_columns = [((c.decoder, *(at[f.name] for f in c.fields)), _spelling(c))
+                               for s in view.states for c in s.columns]
+        self._shapes = [None if tiles.aggregation(s.function, s.input_type).bare
+                        else len(s.columns) for s in view.states]
         self.stats = WriteStats()
 
     def close(self) -> None:
@@ -355,14 +366,14 @@ class RedisSink:
         changes (noted in `expiries`)."""
         view, n = self.view, len(self.view.keys)
         keys, starts = self._entity_keys(values, layout.tiles_key), values[n]
-        states = self._states(values[n + 1:])
+        states = self._encoded_states(values[n + 1:])
         now, keep = self._clock(), view.tiles_keep_us
         commands, newest = [], {}
         for key, tile, state in zip(keys, starts, states):
             if keep is not None and tile + keep <= now:
                 self.stats.expired += 1
                 continue
-            commands.append((b"HSET", key, layout.tile_field(tile), layout.encode_tile(state)))
+            commands.append((b"HSET", key, layout.tile_field(tile), state))
             newest[key] = max(newest.get(key, tile), tile)
         if keep is None:
             return commands
@@ -377,20 +388,18 @@ class RedisSink:
                 commands.append((b"PEXPIREAT", key, expire_ms))
         return commands
 
-    def _states(self, values: list[list]) -> list[list]:
-        """The tile state lists, from the state fields' columns (a column
-        that aggregations share is decoded once)."""
+    def _encoded_states(self, values: list[list]) -> list[bytes]:
+        """Each tile's encoded state list, from the state fields' columns:
+        decoded column by column (a column that aggregations share, once),
+        then spelled by featurestore.layout."""
         decoded: dict[tuple, list] = {}
-        per_aggregation = []
-        for bare, columns in self._state_columns:
-            for c in columns:
-                if c not in decoded:
-                    decoded[c] = DECODERS[c[0]]([values[i] for i in c[1:]])
-            if bare:
-                per_aggregation.append(decoded[columns[0]])
-            else:
-                per_aggregation.append([list(t) for t in zip(*(decoded[c] for c in columns))])
-        return [list(t) for t in zip(*per_aggregation)]
+        columns, kinds = [], []
+        for c, kind in self._state_columns:
+            if c not in decoded:
+                decoded[c] = DECODERS[c[0]]([values[i] for i in c[1:]])
+            columns.append(decoded[c])
+            kinds.append(kind)
+        return layout.encode_tiles(self._shapes, columns, kinds)
 
     def _latest(self, values: list[list]) -> list[tuple]:
         view, n = self.view, len(self.view.keys)

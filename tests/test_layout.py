@@ -108,3 +108,33 @@ def test_sql_encoders_write_the_bytes_of_the_python_encoders():
         ek = layout.encode_entity_key([s, i])
         assert sql_key == layout.tiles_key("p", "v", "ff00", ek).decode()
         assert sql_row.encode() == layout.encode_row(i, [s, f, b, None, [f, f], [s]])
+
+
+def test_encode_tiles_writes_the_bytes_of_encode_tile():
+    """The streaming writers' column-wise encoder, against encode_tile of
+    each row's state list: counts, exact sums (None, huge, negative), float
+    extremes, sets, pairs, strings to escape, and a column shared by two
+    states."""
+    rng = random.Random(7)
+    floats = [0.0, -0.0, 1.5, -2.25e-300, 1e16, 5e-324, math.inf, -math.inf, math.nan, None,
+              0.1, 255.17, -1e22]
+    ints = [0, -1, 2 ** 100, -(2 ** 70), None, 7, 10 ** 30]
+    rows = 200
+    count = [rng.randrange(10 ** 6) for _ in range(rows)]
+    hi, lo = ([rng.choice(ints) for _ in range(rows)] for _ in range(2))
+    top = [rng.choice(floats) for _ in range(rows)]
+    sets = [sorted(rng.sample(range(-5, 5), rng.randrange(4))) for _ in range(rows)]
+    pairs = [rng.choice([None, [rng.randrange(-10, 10 ** 15), rng.choice(["a", "é\"\\\n\0", ""])]])
+             for _ in range(rows)]
+    flags = [rng.choice([True, False, None]) for _ in range(rows)]
+    # states: count, sum [hi, lo, n_out], avg [count, hi, lo, n_out] (sharing
+    # the sum's columns), max, count_distinct, first, a bare bool
+    shapes = [None, 3, 4, None, None, None, None]
+    columns = [count, hi, lo, count, count, hi, lo, count, top, sets, pairs, flags]
+    kinds = ["int", "int", "int", "int", "int", "int", "int", "int", "float", "any", "any", "any"]
+    got = layout.encode_tiles(shapes, columns, kinds)
+    for r in range(rows):
+        state = [count[r], [hi[r], lo[r], count[r]], [count[r], hi[r], lo[r], count[r]],
+                 top[r], sets[r], pairs[r], flags[r]]
+        assert got[r] == layout.encode_tile(state)
+    assert layout.encode_tiles([None], [[]], ["int"]) == []

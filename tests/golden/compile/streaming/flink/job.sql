@@ -87,7 +87,7 @@ FROM (SELECT *, MOD(MOD(`__i2_hi`, 4294967296) + 4294967296, 4294967296) AS `__l
 GROUP BY `user_id`, `__tile`;
 
 CREATE TEMPORARY VIEW `user_spend__latest` AS
-SELECT `user_id`, MAX(LPAD(CAST(`__ts` + 4611686018427387904 AS STRING), 19, '0') || CASE WHEN `__f0` IS NULL THEN '0' ELSE '1' || REPLACE(`__f0`, CHR(0), CHR(0) || CHR(1)) || CHR(0) || CHR(0) END) AS `latest`
+SELECT `user_id`, MAX(CAST(`__ts` + 4611686018427387904 AS STRING) || CASE WHEN `__f0` IS NULL THEN '0' ELSE '1' || REPLACE(`__f0`, CHR(0), CHR(0) || CHR(1)) || CHR(0) || CHR(0) END) AS `latest`
 FROM (SELECT *, `category` AS `__f0` FROM (SELECT * FROM `user_spend__rows` WHERE `__drop` IS NULL AND `__ts` > `__now` - 1209600000000))
 GROUP BY `user_id`;
 
