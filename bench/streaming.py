@@ -1,6 +1,6 @@
 """Streaming benchmark: freshness and throughput of `featurestore stream`.
 
-    .venv/bin/python bench/streaming.py [--users 10000] [--events 4000000] [--long 3]
+    .venv/bin/python bench/streaming.py [--users 10000] [--events 8000000] [--repeat 3]
                                         [--rate 10000] [--seconds 40]
 
 One view over a files stream (the quickstart's `user_spend`: counts, sums,
@@ -9,17 +9,18 @@ and the latest category), `--users` users, a private redis-server.
 
 Throughput: `--events` events, written beforehand as JSON files (events of
 the last two minutes, each file a slice of it, as a live stream writes them),
-are read by the job as a bounded stream, once into a blackhole (the same
-Flink SQL, the same updates, no Python, no Redis) and once into Redis. Then
-`--long` times as many events (the same files and more) go through both
-again. A run's time is Flink's net runtime of the job, which includes its
-warm-up (deploying the tasks, compiling the generated code, the JIT) and the
-last writes. Sustained throughput is the rate of the events that the long
-run has beyond the short one: (long - short) / (T_long - T_short), what the
-job does once warm. The ratio compares Redis with the blackhole, sustained.
+are read by the job as a bounded stream, into a blackhole (the same Flink
+SQL, the same updates, no Python, no Redis) and into Redis in turn,
+`--repeat` times each, after a first job that warms the JVM. Figures are
+medians of the runs. Each run has two rates: sustained, while the sources
+read from 20% to 90% of the events (Flink's source metric, sampled through
+the MiniCluster's REST API), when the job runs at the pace of its slowest
+part; and with warm-up, the events over Flink's net runtime of the job,
+which also counts deploying the tasks, compiling the generated code, the
+JIT and the last writes. The ratio compares Redis with the blackhole.
 
 Freshness: the job runs on the folder as `featurestore stream` does (files
-listed every 200 ms); a writer adds a file of events every 100 ms at
+listed every 100 ms); a writer adds a file of events every 100 ms at
 `--rate` events/s. Now and then a file carries one event of a new user; the
 time from the file appearing to the gRPC server returning that user's count
 of 1 is one sample (the server polled every 5 ms).
@@ -34,12 +35,16 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -122,47 +127,112 @@ def options(args, **kw) -> StreamOptions:
                          monitor_interval_ms=args.monitor_ms, **kw)
 
 
-def bounded_seconds(plan, root: Path, url: str, args, discard: bool) -> float:
-    """Flink's net runtime of the job over the files there are."""
-    job = StreamJob(plan, root, PROJECT, url, options(args, bounded=True, checkpoint_interval_ms=0))
-    job.start(discard=discard)
-    return job.wait().get_net_runtime() / 1000
+class SourceProgress(threading.Thread):
+    """How many events the job's sources have read, sampled every 0.5 s:
+    Flink's numRecordsOut of each source operator, through the REST API of
+    the local MiniCluster."""
+
+    def __init__(self, port: int, job_id: str):
+        super().__init__(daemon=True)
+        self.base, self.job_id = f"http://127.0.0.1:{port}", job_id
+        self.samples: list[tuple[float, int]] = []
+        self.stopping = threading.Event()
+
+    def _get(self, path: str):
+        with urllib.request.urlopen(self.base + path, timeout=5) as response:
+            return json.loads(response.read())
+
+    def run(self) -> None:
+        vertex, metrics = None, []
+        while not self.stopping.wait(0.5):
+            try:
+                if vertex is None:
+                    vertex = next(v["id"] for v in self._get(f"/jobs/{self.job_id}")["vertices"]
+                                  if v["name"].startswith("Source:"))
+                path = f"/jobs/{self.job_id}/vertices/{vertex}/metrics"
+                if not metrics:
+                    metrics = [m["id"] for m in self._get(path)
+                               if re.fullmatch(r"\d+\.Source__.*\.numRecordsOut", m["id"])]
+                    continue
+                values = self._get(f"{path}?get={urllib.parse.quote(','.join(metrics), safe=',')}")
+                self.samples.append((time.monotonic(), sum(int(float(v["value"])) for v in values)))
+            except (OSError, ValueError, KeyError, StopIteration):
+                pass   # not up yet, or finished
+
+    def rate(self, total: int, low: float = 0.2, high: float = 0.9) -> float | None:
+        """Events/s while the sources read from `low` to `high` of `total`:
+        the job is warm, and it runs at the pace of its slowest part."""
+        try:
+            a = next(s for s in self.samples if s[1] >= low * total)
+            b = next(s for s in self.samples if s[1] >= high * total)
+        except StopIteration:
+            return None
+        return (b[1] - a[1]) / (b[0] - a[0]) if b[0] > a[0] else None
+
+
+def bounded_run(plan, root: Path, url: str, args, discard: bool) -> tuple[float, float | None]:
+    """Run the job over the files there are: Flink's net runtime of the job,
+    and its sustained rate (SourceProgress.rate)."""
+    port = _free_port()
+    conf = {"rest.port": str(port), "metrics.fetcher.update-interval": "500"}
+    job = StreamJob(plan, root, PROJECT, url,
+                    options(args, bounded=True, checkpoint_interval_ms=0, conf=conf))
+    progress = SourceProgress(port, job.start(discard=discard))
+    progress.start()
+    net_s = job.wait().get_net_runtime() / 1000
+    progress.stopping.set()
+    progress.join()
+    return net_s, progress.rate(_events_in(root))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _events_in(root: Path) -> int:
+    folder = root / "data" / "purchases"
+    return sum(1 for f in folder.iterdir() for _ in f.open("rb"))
 
 
 def throughput(plan, root: Path, url: str, args) -> dict:
     folder = root / "data" / "purchases"
-    short, long = args.events, args.events * args.long
-    seconds: dict[tuple[str, int], float] = {}
-    generate(folder, short, args.users)
+    generate(folder, args.events, args.users)
     # The JVM outlives each job: a first job warms what every job shares
     # (Flink's own classes), so that no measured run pays for it alone.
-    warm = bounded_seconds(plan, root, url, args, discard=True)
-    print(f"  warm-up: {short:,} events into the blackhole in {warm:.1f} s", flush=True)
-    for n in (short, long):
-        if n == long:
-            generate(folder, long - short, args.users, first=short)
-        for sink in ("blackhole", "redis"):
+    warm, _ = bounded_run(plan, root, url, args, discard=True)
+    print(f"  warm-up: {args.events:,} events into the blackhole in {warm:.1f} s", flush=True)
+    runs: dict[str, list[tuple[float, float]]] = {"blackhole": [], "redis": []}
+    for _ in range(args.repeat):   # in turn, so that both see the machine's changing load
+        for sink in runs:
             _flush(url)
-            seconds[sink, n] = t = bounded_seconds(plan, root, url, args, sink == "blackhole")
-            print(f"  {n:>11,} events into {sink:<9}: {t:6.1f} s, {n / t:9,.0f} events/s "
-                  "(warm-up included)", flush=True)
+            net_s, rate = bounded_run(plan, root, url, args, sink == "blackhole")
+            runs[sink].append((args.events / net_s, rate or 0.0))
+            print(f"  {args.events:,} events into {sink:<9}: {net_s:5.1f} s, "
+                  f"{args.events / net_s:9,.0f} events/s with warm-up, "
+                  f"{rate or 0:9,.0f} sustained", flush=True)
     import redis
 
     written = redis.Redis.from_url(url).dbsize()
     shutil.rmtree(folder)
-    sustained = {sink: (long - short) / (seconds[sink, long] - seconds[sink, short])
-                 for sink in ("blackhole", "redis")}
-    out = {"events_short": short, "events_long": long,
-           "redis_events_per_s": round(sustained["redis"]),
-           "blackhole_events_per_s": round(sustained["blackhole"]),
-           "redis_vs_blackhole": round(sustained["redis"] / sustained["blackhole"], 3),
-           "redis_events_per_s_with_warmup": round(long / seconds["redis", long]),
-           "blackhole_events_per_s_with_warmup": round(long / seconds["blackhole", long]),
+    median = {sink: [statistics.median(r[i] for r in rates) for i in (0, 1)]
+              for sink, rates in runs.items()}
+    (whole_r, sustained_r), (whole_b, sustained_b) = median["redis"], median["blackhole"]
+    ratios = [r[1] / b[1] for r, b in zip(runs["redis"], runs["blackhole"]) if b[1]]
+    out = {"events": args.events, "runs": args.repeat,
+           "redis_events_per_s": round(sustained_r),
+           "blackhole_events_per_s": round(sustained_b),
+           "redis_vs_blackhole": round(sustained_r / sustained_b, 3) if sustained_b else None,
+           "redis_events_per_s_runs": [round(r[1]) for r in runs["redis"]],
+           "redis_vs_blackhole_runs": [round(x, 3) for x in ratios],
+           "redis_events_per_s_with_warmup": round(whole_r),
+           "blackhole_events_per_s_with_warmup": round(whole_b),
            "keys_written": written}
-    print(f"throughput, sustained: {sustained['redis']:,.0f} events/s into Redis, blackhole "
-          f"{sustained['blackhole']:,.0f} events/s (ratio {out['redis_vs_blackhole']}); "
-          f"with warm-up over {long:,} events: {out['redis_events_per_s_with_warmup']:,} and "
-          f"{out['blackhole_events_per_s_with_warmup']:,} events/s; {written:,} keys", flush=True)
+    print(f"throughput (median of {args.repeat}), sustained: {sustained_r:,.0f} events/s into "
+          f"Redis, blackhole {sustained_b:,.0f} events/s (ratio {out['redis_vs_blackhole']}); "
+          f"with warm-up: {whole_r:,.0f} and {whole_b:,.0f} events/s; {written:,} keys",
+          flush=True)
     return out
 
 
@@ -294,8 +364,8 @@ def _one_probe(client, writer: Writer, user: str, timeout_s: float = 10) -> floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=10_000)
-    parser.add_argument("--events", type=int, default=4_000_000, help="of the short run")
-    parser.add_argument("--long", type=int, default=3, help="the long run has this many times more")
+    parser.add_argument("--events", type=int, default=8_000_000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs into each sink")
     parser.add_argument("--rate", type=int, default=10_000, help="events/s for freshness")
     parser.add_argument("--seconds", type=float, default=40, help="of freshness probes")
     parser.add_argument("--minibatch-ms", type=int, default=flink_sql.Tuning().minibatch_ms)
