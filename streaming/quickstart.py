@@ -106,12 +106,18 @@ def _push_and_wait(plan, root: Path, client, user: str, before: dict | None = No
     from streaming.push import push
 
     before = before or _features(client, user)
+    category = "games"
     path, _ = push(plan, root, "purchase_events",
-                   [{"user_id": user, "item_id": 42, "amount": 42.5, "category": "games"}])
+                   [{"user_id": user, "item_id": 42, "amount": 42.5, "category": category}])
     start = time.monotonic()
-    # Tiles and the latest row are written separately: wait for the count,
-    # the feature the purchase must change, not just for any change.
-    while (_features(client, user)["purchases_10m"] or 0) <= (before["purchases_10m"] or 0):
+
+    def shown(now: dict) -> bool:
+        # Tiles and the latest row are written separately: wait for both
+        # the count and the latest category, not just for any change.
+        return ((now["purchases_10m"] or 0) > (before["purchases_10m"] or 0)
+                and now["latest_category"] == category)
+
+    while not shown(_features(client, user)):
         if time.monotonic() - start > timeout_s:
             raise TimeoutError(f"the pushed event did not show within {timeout_s:g} s")
         time.sleep(0.01)
