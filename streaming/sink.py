@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 import time
-from operator import itemgetter
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Callable, Sequence
 
 from featurestore import layout, tiles
@@ -268,8 +268,9 @@ class RedisSink:
         self._keys: dict[tuple, bytes] = {}
         self._expiry: dict[bytes, int] = {}   # the expiry each tiles key was last given
         self._decode_latest = latest_decoder(view.row_kinds)
-        # per aggregation: whether its state is bare, and per state column
-        # (decoder, index of each of its fields among the state columns)
+        # per state column of every aggregation, in order: (decoder, index of
+        # each of its fields among the state fields) and what it holds; per
+        # aggregation, None for a bare state or its number of columns
         at = {f.name: i for i, f in enumerate(state_fields(view))}
         self._state_columns = [((c.decoder, *(at[f.name] for f in c.fields)), _spelling(c))
                                for s in view.states for c in s.columns]

@@ -103,9 +103,8 @@ def test_tiles_out_of_reach_of_every_window_are_not_written(redis_url):
     assert writer.stats.expired == 1 and redis.Redis.from_url(redis_url).dbsize() == 0
 
 
-def _latest_text(ts: int, values: list) -> str:
-    """flink_states.latest_text_sql's text, spelled in Python (int, float,
-    string, bool features in that order)."""
+def _latest_text(ts: int, values: list, kinds: tuple = ("float", "string", "int")) -> str:
+    """flink_states.latest_text_sql's text, spelled in Python."""
     text = f"{ts + OFFSET_62:019d}"
     for v in values:
         if v is None:
@@ -116,13 +115,14 @@ def _latest_text(ts: int, values: list) -> str:
             text += f"1{v + OFFSET_63:020d}"
         elif isinstance(v, float):
             text += "1" + ("5" if math.isnan(v) else "4" if v == math.inf else
-                           "0" if v == -math.inf else "2" if v == 0 else "3" + "0" * 20)
+                           "0" if v == -math.inf else "2" if v == 0 else
+                           ("3" if v > 0 else "1") + "0" * 20)
         else:
             text += "1" + v.replace("\0", "\0\1") + "\0\0"
-    floats = [v for v in values if isinstance(v, float) or v is None]
-    text += "".join("1" if isinstance(v, float) and v == 0 and
-                    struct.pack(">d", v)[0] & 0x80 else "0" for v in floats[:1])
-    return text + "".join("|" + ("" if v is None else _java(v)) for v in floats[:1])
+    floats = [v for v, kind in zip(values, kinds) if kind == "float"]
+    text += "".join("1" if v is not None and v == 0 and struct.pack(">d", v)[0] & 0x80 else "0"
+                    for v in floats)
+    return text + "".join("|" + ("" if v is None else _java(v)) for v in floats)
 
 
 def _java(v: float) -> str:
@@ -134,9 +134,20 @@ def _java(v: float) -> str:
     [math.inf, "日本😀", 0], [1.5, "\0", None]])
 def test_latest_rows_read_back_exactly(values):
     kinds = ("float", "string", "int")
-    ts, got = sink.decode_latest(_latest_text(NOW, values), kinds)
+    _assert_read_back(values, kinds)
+
+
+@pytest.mark.parametrize("values", [
+    [True, -2.5, None, "x\0"], [False, None, 1e-300, ""], [None, -0.0, math.nan, None],
+    [True, 5e-324, -1.7976931348623157e308, "|1|"]])
+def test_latest_rows_of_several_floats_and_bools_read_back_exactly(values):
+    _assert_read_back(values, ("bool", "float", "float", "string"))
+
+
+def _assert_read_back(values: list, kinds: tuple) -> None:
+    ts, got = sink.decode_latest(_latest_text(NOW, values, kinds), kinds)
     assert ts == NOW
-    assert len(got) == 3 and all(
+    assert len(got) == len(kinds) and all(
         (a is None and b is None) or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
         or (a == b and type(a) is type(b) and str(a) == str(b)) for a, b in zip(got, values))
 
