@@ -110,7 +110,49 @@ def _binary_sql(e: Binary) -> str:
         return f"(CASE WHEN {right} = 0 THEN NULL ELSE MOD({left}, {right}) END)"
     if e.op not in _BINARY:
         raise Unsupported(f"operator {e.op!r}")
+    if e.op in _COMPARISONS and (_may_be_nan(e.left) or _may_be_nan(e.right)):
+        return _float_comparison(e.op, e.left, e.right, left, right)
     return f"({left} {_BINARY[e.op]} {right})"
+
+
+_COMPARISONS = ("=", "!=", "<", "<=", ">", ">=")
+_FLOATS = ("float64", "float32")
+
+
+def nan_sql(x: str) -> str:
+    """Whether a DOUBLE is NaN (null when it is null). Not `x <> x`: the
+    planner simplifies comparisons of an expression with itself as if NaN
+    did not exist. Java's pow(x, 1) is x itself, NaN included."""
+    return f"(POWER({x}, 1E0) <> {x})"
+
+
+def _may_be_nan(e: Expr) -> bool:
+    return e.type in _FLOATS and not (isinstance(e, Literal) and e.value is not None
+                                      and not math.isnan(e.value))
+
+
+def _float_comparison(op: str, a: Expr, b: Expr, left: str, right: str) -> str:
+    """A comparison of floats as the batch engine (DuckDB) makes it: NaN
+    equals NaN and is above every number, where Java, and so Flink, compares
+    by IEEE (NaN is unordered). Null stays null."""
+    plain = f"({left} {_BINARY[op]} {right})"
+    nan_a, nan_b = _may_be_nan(a), _may_be_nan(b)
+    if nan_a != nan_b:
+        # one side is never NaN: IEEE differs only where NaN is above it
+        x, y, other = (left, right, b) if nan_a else (right, left, a)
+        if op not in ((">", ">=") if nan_a else ("<", "<=")):
+            return plain
+        if isinstance(other, Literal) and other.value is not None:
+            return f"({plain} OR {nan_sql(x)})"
+        # y is never NaN: y = y is true, or null when y is
+        return f"(CASE WHEN {nan_sql(x)} THEN {y} = {y} ELSE {plain} END)"
+    # both sides may be NaN
+    na, nb = nan_sql(left), nan_sql(right)
+    when_nan = {"=": f"{na} AND {nb}", "!=": f"NOT ({na} AND {nb})",
+                "<": f"{nb} AND NOT ({na})", "<=": nb,
+                ">": f"{na} AND NOT ({nb})", ">=": na}[op]
+    return (f"(CASE WHEN {left} IS NULL OR {right} IS NULL THEN CAST(NULL AS BOOLEAN) "
+            f"WHEN {na} OR {nb} THEN {when_nan} ELSE {plain} END)")
 
 
 def _date_part(part: str):

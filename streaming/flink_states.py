@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from dsl.plan import View
 from featurestore import tiles
 from streaming.flink_expr import (KINDS, Unsupported, double, expr_sql, floor_to, ident,
-                                  stored_sql)
+                                  nan_sql, stored_sql)
 from streaming.sink import Field
 
 OFFSET_62, OFFSET_63 = 2 ** 62, 2 ** 63
@@ -50,7 +50,7 @@ def float_text(x: str, q: str) -> str:
                 f"LPAD(CAST({significand} AS STRING), 16, '0')")
     negative = (f"'1' || LPAD(CAST(2048 - {biased} AS STRING), 4, '0') || "
                 f"LPAD(CAST({2 ** 53} - {significand} AS STRING), 16, '0')")
-    return (f"(CASE WHEN NOT ({x} = {x}) THEN '5' WHEN {x} = CAST('Infinity' AS DOUBLE) THEN '4' "
+    return (f"(CASE WHEN {nan_sql(x)} THEN '5' WHEN {x} = CAST('Infinity' AS DOUBLE) THEN '4' "
             f"WHEN {x} = CAST('-Infinity' AS DOUBLE) THEN '0' WHEN {x} = 0 THEN '2' "
             f"WHEN {x} > 0 THEN {positive} ELSE {negative} END)")
 
@@ -152,8 +152,8 @@ def state_sql(c: tiles.StateColumn, k: int | None, type_: str | None, w: int | N
     if KINDS[type_] == "float":
         # Flink's MIN/MAX compare as Java's < does, which orders no NaN:
         # NaN is counted apart and placed above every number by the decoder.
-        return StateSql((f"{c.reduce.upper()}(CASE WHEN {x} = {x} THEN {x} END){where}",
-                         f"COUNT(CASE WHEN NOT ({x} = {x}) THEN 1 END){where}"),
+        return StateSql((f"{c.reduce.upper()}(CASE WHEN NOT {nan_sql(x)} THEN {x} END){where}",
+                         f"COUNT(CASE WHEN {nan_sql(x)} THEN 1 END){where}"),
                         (Field(name, "float"), Field(name + "_nan", "int", False)),
                         f"{c.reduce}_float")
     return StateSql((f"{c.reduce.upper()}({x}){where}",), (Field(name, KINDS[type_]),), "value")

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dsl.plan import (Aggregation, Binary, Column, Entity, Literal, Plan, RowFeature, Service,
-                      Source, View)
+                      Source, Unary, View)
 from tests.reference import RefAggregation, RefView, features_at
 
 US = 1_000_000
@@ -55,6 +55,35 @@ def _qty_at_least_10():
             lambda e: None if e["qty"] is None else e["qty"] >= 10)
 
 
+def _duckdb_order(x: float) -> tuple:
+    """How the engines compare floats (DuckDB's order): NaN equals NaN and is
+    above every number; -0.0 equals 0.0."""
+    return (1, 0.0) if x != x else (0, x + 0.0)
+
+
+def _compare(op: str, left: str | None, right: str | None = None, *, value=None,
+             negate_right: bool = False):
+    """`left <op> right` (a column, minus a column, or a literal) for the
+    engines and for the reference: comparisons of floats with NaN on
+    either side, and of ints with floats."""
+    def operand(name: str | None, negate: bool = False):
+        if name is None:
+            return Literal(value, "float64" if isinstance(value, float) else "int64")
+        column = _col(name)
+        return Unary("-", column, column.type) if negate else column
+
+    plan = Binary(op, operand(left), operand(right, negate_right), "bool")
+
+    def ref(e: dict):
+        x = e[left]
+        y = value if right is None else e[right]
+        if x is None or y is None:
+            return None
+        a, b = _duckdb_order(float(x)), _duckdb_order(-float(y) if negate_right else float(y))
+        return {"=": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[op]
+    return lambda: (plan, ref)
+
+
 # name, function, argument column, window, where: one line per aggregation of `buys`
 BUYS_AGGREGATIONS = [
     ("n_10m", "count", None, 10 * MIN, None),
@@ -78,6 +107,16 @@ BUYS_AGGREGATIONS = [
     ("variance_1d", "variance", "amount", DAY, None),
     ("stddev_qty_1d", "stddev", "qty", DAY, None),
     ("big_1h", "count", None, HOUR, _qty_at_least_10),
+    # over a day: the stream test serves one time, and its last day holds NaN
+    ("min_amount_1d", "min", "amount", DAY, None),
+    ("max_amount_1d", "max", "amount", DAY, None),
+    ("last_amount_1d", "last", "amount", DAY, None),
+    ("over_100_1d", "count", None, DAY, _compare(">", "amount", value=100)),
+    ("at_most_tenth_1d", "count", None, DAY, _compare("<=", "amount", value=0.1)),
+    ("not_self_1d", "count", None, DAY, _compare("!=", "amount", "amount")),
+    ("at_least_minus_1d", "count", None, DAY, _compare(">=", "amount", "amount",
+                                                        negate_right=True)),
+    ("qty_below_amount_1d", "count", None, DAY, _compare("<", "qty", "amount")),
     ("big_amount_1d", "sum", "amount", DAY, _qty_at_least_10),
     ("n_all", "count", None, None, None),            # no window: the ttl (1d)
     ("sum_qty_all", "sum", "qty", None, None),

@@ -4,6 +4,7 @@ itself runs the SQL in tests/test_streaming.py."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,9 @@ def _plan() -> Plan:
 
 
 def test_expressions_are_parenthesized_quoted_and_typed():
-    e = Binary("and", Binary(">", AMOUNT, Literal(0, "int64"), "bool"),
+    e = Binary("and", Binary("<=", AMOUNT, Literal(0, "int64"), "bool"),
                Binary("!=", Column("we`ird", "string"), Literal("it's", "string"), "bool"), "bool")
-    assert expr_sql(e) == "((`amount` > CAST(0 AS BIGINT)) AND (`we``ird` <> 'it''s'))"
+    assert expr_sql(e) == "((`amount` <= CAST(0 AS BIGINT)) AND (`we``ird` <> 'it''s'))"
     assert expr_sql(Binary("/", Column("n", "int64"), Literal(2, "int64"), "float64")) == \
         "(CAST(`n` AS DOUBLE) / CAST(2 AS BIGINT))"
     assert literal(None, "string") == "CAST(NULL AS STRING)"
@@ -51,9 +52,9 @@ def test_casts_follow_the_dsl_and_refuse_what_engines_would_spell_differently():
         "(CASE WHEN `b` THEN 'true' WHEN NOT `b` THEN 'false' END)"
     with pytest.raises(Unsupported, match="cast from float64 to string"):
         cast_sql(AMOUNT, "string")
-    case = Case(((Binary(">", AMOUNT, Literal(1, "int64"), "bool"), Literal("big", "string")),),
+    case = Case(((Binary("<", AMOUNT, Literal(1, "int64"), "bool"), Literal("small", "string")),),
                 None, "string")
-    assert expr_sql(case) == "(CASE WHEN (`amount` > CAST(1 AS BIGINT)) IS TRUE THEN 'big' END)"
+    assert expr_sql(case) == "(CASE WHEN (`amount` < CAST(1 AS BIGINT)) IS TRUE THEN 'small' END)"
     assert expr_sql(Cast(Column("n", "int64"), "float64")) == "CAST(`n` AS DOUBLE)"
 
 
@@ -148,6 +149,30 @@ def test_render_is_deterministic_and_machine_free():
     text = first["job.sql"]
     assert "file://" not in text and str(REPO) not in text
     assert text.count("INSERT INTO `featurestore_written`") == 7
+
+
+def test_float_comparisons_put_nan_above_every_number():
+    """As DuckDB does (Java compares by IEEE): only where NaN can meet a
+    number on its `>` side, or NaN meet NaN, does the SQL change; the
+    differential stream test checks the values through Flink."""
+    n, qty = Literal(0, "int64"), Column("qty", "int64")
+
+    def sql(op, a, b):
+        return expr_sql(Binary(op, a, b, "bool"))
+
+    assert sql("<", AMOUNT, n) == "(`amount` < CAST(0 AS BIGINT))"
+    assert sql("=", AMOUNT, n) == "(`amount` = CAST(0 AS BIGINT))"
+    nan = "(POWER(`amount`, 1E0) <> `amount`)"   # not `amount` <> `amount`: see nan_sql
+    assert sql(">", AMOUNT, n) == f"((`amount` > CAST(0 AS BIGINT)) OR {nan})"
+    assert sql("<=", n, AMOUNT) == f"((CAST(0 AS BIGINT) <= `amount`) OR {nan})"
+    assert sql(">", qty, Literal(1, "int64")) == "(`qty` > CAST(1 AS BIGINT))"
+    # a column that may be null on the other side: null stays null
+    assert sql("<", qty, AMOUNT) == (f"(CASE WHEN {nan} THEN `qty` = `qty` "
+                                     "ELSE (`qty` < `amount`) END)")
+    both = sql(">=", AMOUNT, Column("price", "float64"))
+    assert both.startswith("(CASE WHEN `amount` IS NULL OR `price` IS NULL THEN CAST(NULL")
+    assert f"WHEN {nan} OR (POWER(`price`, 1E0) <> `price`) THEN {nan} ELSE" in both
+    assert sql("<", AMOUNT, Literal(math.nan, "float64")).startswith("(CASE WHEN")
 
 
 def test_every_aggregation_compiles():
