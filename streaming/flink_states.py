@@ -109,8 +109,9 @@ def _input_sql(input_: str, k: int) -> str:
         # x - trunc(x) is exact, and so is scaling it by a power of two
         "lo": (f"CASE WHEN ABS({x}) < {_TWO_63} THEN CAST(({x} - CAST({hi} AS DOUBLE)) "
                f"* {_TWO_62} AS BIGINT) END"),
-        "out63": f"CASE WHEN NOT (ABS({x}) < {_TWO_63}) THEN 1 END",
-        "out31": f"CASE WHEN NOT (ABS({x}) < {_TWO_31}) THEN 1 END",
+        # not NOT(|x| < 2**63): the planner makes that |x| >= 2**63, false for NaN
+        "out63": f"CASE WHEN ABS({x}) >= {_TWO_63} OR {nan_sql(x)} THEN 1 END",
+        "out31": f"CASE WHEN ABS({x}) >= {_TWO_31} OR {nan_sql(x)} THEN 1 END",
         "fixed": f"`__fixed{k}`",
         "a2": f"{a} * {a}",
         "ab": f"{a} * {b}",

@@ -42,7 +42,7 @@ SCHEMA = (("user", "string"), ("shop", "int64"), ("amount", "float64"), ("qty", 
           ("ts", "timestamp"))
 ARROW = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
          "timestamp": pa.timestamp("us", "UTC")}
-USERS = ["u1", "u2", "u3", "", "größe", "日本😀", "a|b{c}:d%", "x'\"y\\z", "big", "wild"]
+USERS = ["u1", "u2", "u3", "", "größe", "日本😀", "a|b{c}:d%", "x'\"y\\z", "big", "wild", "nan"]
 SHOPS = [1, 2, -5, 2 ** 62]
 
 
@@ -180,6 +180,8 @@ def _amount(rng: random.Random, user: str):
         return rng.choice([math.nan, math.inf, -math.inf, 1e19, -1e300, 3.5, None])
     if user == "big":
         return rng.choice([5e18, -1e18, 1e15 + 0.5, 2.0 ** 40, -3e9, 0.25])
+    if user == "nan":   # NaN among numbers and never null: min/max must count NaN, not nulls
+        return rng.choice([math.nan, 2.5, -1.0])
     return rng.choice([None, 0.1, -0.0, 0.0, 2.0 ** -10, 1e-30, 2.0 ** -70 + 1, 123456.789,
                        round(rng.uniform(-50, 300), 2), round(rng.uniform(0, 1e6), 6)])
 
