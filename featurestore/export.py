@@ -45,7 +45,7 @@ from typing import Callable, Sequence
 import pyarrow as pa
 
 from dsl.plan import Column, Plan, View, format_duration
-from featurestore import tiles
+from featurestore import tiles, windows
 from featurestore.backends import duckdb_sql as sql
 from featurestore.backends.duckdb_sql import floor_div, floor_to, ident, literal
 from featurestore.materialize import connect
@@ -276,8 +276,8 @@ def _read_range(view: View, aggs: list[int], rows: bool, t_range: tuple[int, int
     t_min, t_max = t_range
     reach = []
     for k in aggs:
-        w = view.aggregations[k].window_us or view.ttl_us
-        reach.append(None if w is None else (t_min // view.tile_us) * view.tile_us - w)
+        reach.append(windows.window_start(t_min, view.tile_us,
+                                          windows.reach_us(view, view.aggregations[k])))
     if rows:
         reach.append(None if view.ttl_us is None else t_min - view.ttl_us)
     return (None if None in reach else min(reach)), t_max
@@ -308,10 +308,10 @@ def _window_queries(view: View, p: str, aggs: list[int], keys: list[str], on: st
                            f"__ts, i{k}_value AS __v FROM {_inputs(view, p, keys, [k])} "
                            f"WHERE i{k}_value IS NOT NULL"))
     joins, outputs = [], {}
-    windows: dict[int | None, list[int]] = {}
+    spans: dict[int | None, list[int]] = {}
     for k in aggs:
-        windows.setdefault(view.aggregations[k].window_us or view.ttl_us, []).append(k)
-    for j, (window, members) in enumerate(windows.items()):
+        spans.setdefault(windows.reach_us(view, view.aggregations[k]), []).append(k)
+    for j, (window, members) in enumerate(spans.items()):
         table = f"{p}_w{j}"
         span = format_duration(window) if window else "all history"
         steps.append(_Step(f"{view.name}: windows of {span}",

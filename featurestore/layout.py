@@ -1,16 +1,17 @@
-"""The Redis layout, version 2: the one place that knows how keys and values look.
+"""The Redis layout, version 3: the one place that knows how keys and values look.
 
 Every writer (batch materialize, the streaming sink) and the server import this
-module; nothing else builds a key or decodes a value. Version 2 changed the
-tile states to exact ones (`featurestore.tiles`); keys of version 1 (`fs1:`)
-are never read.
+module; nothing else builds a key or decodes a value. Version 3 added rollup
+tiles (`featurestore.windows`), so that a window reads a bounded number of
+tiles whatever its length; version 2 made the tile states exact
+(`featurestore.tiles`). Keys of older versions (`fs1:`, `fs2:`) are never read.
 
 Keys (UTF-8):
 
-    fs2:<project>:<view>:<fingerprint>:{<entity key>}:r   latest row of the view
-    fs2:<project>:<view>:<fingerprint>:{<entity key>}:t   tiles of the view (a hash)
-    fs2:<project>:<view>:<fingerprint>:materialized       the batch watermark (JSON)
-    fs2:<project>:<view>:<fingerprint>:dropped            events the stream dropped (a hash)
+    fs3:<project>:<view>:<fingerprint>:{<entity key>}:r   latest row of the view
+    fs3:<project>:<view>:<fingerprint>:{<entity key>}:t   tiles of the view (a hash)
+    fs3:<project>:<view>:<fingerprint>:materialized       the batch watermark (JSON)
+    fs3:<project>:<view>:<fingerprint>:dropped            events the stream dropped (a hash)
 
 * `<fingerprint>` hashes the view's definition, so a changed view never reads
   state written under an older one.
@@ -25,9 +26,12 @@ Values:
   Value types in JSON: string -> string, int64 -> integer, float64 -> number
   (NaN and infinities as NaN/Infinity), bool -> true/false, timestamp ->
   integer epoch microseconds, null -> null.
-* tiles hash field = tile start in epoch microseconds (decimal ASCII); value =
-  compact JSON list of partial states, one per aggregation in view order
-  (see `featurestore.tiles`).
+* tiles hash field = tile start in epoch microseconds (decimal ASCII) for a
+  tile of the view's own size, `<size>:<start>` (both in microseconds) for a
+  rollup tile of a larger size (`featurestore.windows.levels`); value = compact
+  JSON list of partial states, one per aggregation in view order (see
+  `featurestore.tiles`). A rollup holds the merged states of the tiles inside
+  it; both engines write them, whole, as they write tiles.
 * watermark `{"end_us": E}`: batch materialization has written every event
   with ts <= E (`featurestore materialize --incremental` continues after E).
 
@@ -44,7 +48,7 @@ import json
 import math
 from typing import Iterable, Mapping, Sequence
 
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 PREFIX = f"fs{LAYOUT_VERSION}"
 
 _ESCAPES = {"%": "%25", "|": "%7C", "{": "%7B", "}": "%7D", ":": "%3A"}
@@ -101,12 +105,18 @@ def dropped_totals(raw: Mapping[bytes, bytes]) -> dict[str, int]:
     return totals
 
 
-def tile_field(tile_start_us: int) -> bytes:
-    return str(int(tile_start_us)).encode()
+def tile_field(tile_start_us: int, size_us: int | None = None) -> bytes:
+    """The hash field of a tile: its start, or `<size>:<start>` for a rollup
+    (pass the size only for rollups: a tile of the view's own size is bare)."""
+    if size_us is None:
+        return b"%d" % tile_start_us
+    return b"%d:%d" % (size_us, tile_start_us)
 
 
-def parse_tile_field(field: bytes) -> int:
-    return int(field)
+def parse_tile_field(field: bytes) -> tuple[int | None, int]:
+    """(size, start) of a tiles hash field; size None for the view's own tiles."""
+    size, sep, start = field.partition(b":")
+    return (int(size), int(start)) if sep else (None, int(field))
 
 
 def _make_dumps():
@@ -234,6 +244,12 @@ def sql_entity_key(columns: Sequence[tuple[str, str]]) -> str:
         else:
             raise TypeError(f"entity key values must be strings or integers, not {type_}")
     return " || '|' || ".join(parts)
+
+
+def sql_tile_field(start_sql: str, size_us: int | None = None) -> str:
+    """`tile_field` as a SQL expression over a tile start."""
+    text = f"CAST({start_sql} AS VARCHAR)"
+    return text if size_us is None else f"('{int(size_us)}:' || {text})"
 
 
 def sql_key(project: str, view: str, fingerprint: str, entity_key_sql: str, kind: str) -> str:

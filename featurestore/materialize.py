@@ -19,10 +19,15 @@ Three modes, all idempotent (running one twice changes nothing):
   watermark it is a full run. Tiles that fell out of every window since the
   last run are deleted from the hashes (HDEL), so hashes do not grow.
 
-Keys expire once nothing can read them: tiles `retention + 2 tiles` after
-their newest tile, rows `2 * ttl` after their event (so the server can still
-tell OUTSIDE_MAX_AGE from NOT_FOUND for a while), counted on the run's own
-clock, `end`. DuckDB writes each command's RESP bytes, `featurestore.bulk_redis`
+Every tile is written with its rollups (`featurestore.windows.levels`): the
+merged states of the hours and days it lies in, each recomputed whole from
+its tiles, so a run that touches a tile reads every event of the largest
+rollup around it.
+
+Keys expire once nothing can read them (`featurestore.windows`: tiles
+`retention + 2 tiles` after their newest tile, rows `2 * ttl` after their
+event, so the server can still tell OUTSIDE_MAX_AGE from NOT_FOUND for a
+while), counted on the run's own clock, `end`. DuckDB writes each command's RESP bytes, `featurestore.bulk_redis`
 pipelines them: no Python runs per key.
 """
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Callable
 import pyarrow.compute as pc
 
 from dsl.plan import Plan, View
-from featurestore import layout
+from featurestore import layout, windows
 from featurestore.backends import duckdb_sql
 from featurestore.backends.duckdb_sql import ident
 from featurestore.bulk_redis import BulkWriter, bulk_sql, command_sql, literal_sql, resp_command
@@ -73,13 +78,6 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def retention_us(view: View) -> int | None:
-    """How far back (from the start of the current tile) any window of the
-    view reaches; None when some aggregation keeps all history."""
-    spans = [a.window_us or view.ttl_us for a in view.aggregations]
-    return None if any(s is None for s in spans) else max(spans, default=0)
-
-
 def connect(memory_limit: str, temp_directory: str | Path | None = None):
     """A DuckDB connection in UTC with a memory limit (it spills beyond it)."""
     import duckdb
@@ -108,8 +106,8 @@ def plan_run(view: View, start_us: int | None, end_us: int, incremental: bool,
              watermark: int | None) -> Run:
     """Decide the mode and ranges of a run from the options and the watermark."""
     tile = view.tile_us
-    keep = retention_us(view)
-    lower = None if keep is None else (end_us // tile) * tile - keep
+    keep = windows.retention_us(view)
+    lower = windows.window_start(end_us, tile, keep)
     if incremental and watermark is not None:
         if end_us <= watermark:
             return Run("up to date", None, end_us, None, None, watermark)
@@ -118,7 +116,9 @@ def plan_run(view: View, start_us: int | None, end_us: int, incremental: bool,
         mode = "range"
     else:
         return Run("full", None, end_us, lower, None, end_us)
-    first_tile = (start_us // tile) * tile
+    # rollups are rewritten whole: read from the start of the largest one
+    coarsest = windows.levels(view)[-1] if view.aggregations else tile
+    first_tile = (start_us // coarsest) * coarsest
     tiles_from = first_tile if lower is None else max(first_tile, lower)
     prune = None
     if keep is not None and watermark is not None:
@@ -160,16 +160,27 @@ def rows_commands_sql(project: str, view: View, rows_sql: str, end_us: int) -> s
 
 
 def tiles_commands_sql(project: str, view: View, tiles_sql: str, end_us: int,
-                       replace: bool) -> tuple[str, int]:
-    """The commands writing each entity's tiles, and the reply lines of each:
-    full runs replace the hash (MULTI, DEL, HSET, PEXPIRE, EXEC); other runs
-    merge into it (HSET, PEXPIRE ... GT: a TTL is only ever extended)."""
+                       replace: bool, tiles_from: int | None = None) -> tuple[str, int]:
+    """The commands writing each entity's tiles and rollups, and the
+    reply lines of each. `tiles_sql` holds every event from `tiles_from` (a
+    tile start; None: all history) on, so the rollups from there on are
+    complete; those before it are not written. Full runs replace the hash (MULTI, DEL, HSET,
+    PEXPIRE, EXEC); other runs merge into it (HSET, PEXPIRE ... GT: a TTL is
+    only ever extended)."""
     keys = ", ".join(ident(k) for k, _ in view.keys)
-    keep = retention_us(view)
-    keep = None if keep is None else keep + 2 * view.tile_us
+    keep = windows.tiles_keep_us(view)
     pair = f"concat({bulk_sql('__field')}, {bulk_sql('__value')})"
-    per_tile = (f"SELECT {keys}, __tile, CAST(__tile AS VARCHAR) AS __field, "
-                f"{duckdb_sql.tile_json_sql(view)} AS __value FROM ({tiles_sql})")
+    per_tile = (f"SELECT {keys}, __tile, {layout.sql_tile_field('__tile')} AS __field, "
+                f"{duckdb_sql.tile_json_sql(view)} AS __value FROM __fine")
+    states = ", ".join(duckdb_sql.rollup_states_sql(view))
+    for size in windows.levels(view)[1:]:
+        start = duckdb_sql.floor_to("__tile", size)
+        complete = "" if tiles_from is None else f" HAVING {start} >= {tiles_from}"
+        rollups = (f"SELECT {keys}, {start} AS __tile, {states} FROM __fine "
+                   f"GROUP BY {keys}, {start}{complete}")
+        per_tile += (f" UNION ALL SELECT {keys}, __tile, {layout.sql_tile_field('__tile', size)}, "
+                     f"{duckdb_sql.tile_json_sql(view)} FROM ({rollups})")
+    per_tile = f"WITH __fine AS MATERIALIZED ({tiles_sql}) {per_tile}"
     having, px = "", "NULL"
     if keep is not None:
         having = f" HAVING max(__tile) + {keep} > {end_us}"
@@ -190,12 +201,18 @@ def tiles_commands_sql(project: str, view: View, tiles_sql: str, end_us: int,
 
 
 def prune_commands_sql(project: str, view: View, rows_sql: str) -> str:
-    """HDEL <tiles key> <tile>... for every entity with events in `rows_sql`."""
+    """HDEL <tiles key> <field>... of the tiles of `rows_sql` and the rollups
+    they lie in, for every entity with events in `rows_sql` (rows of tiles
+    that left every window: so did the rollups that start before them)."""
     keys = ", ".join(ident(k) for k, _ in view.keys)
+    sizes = windows.levels(view) if view.aggregations else (view.tile_us,)
+    per_level = " UNION ".join(
+        f"SELECT DISTINCT {keys}, "
+        f"{layout.sql_tile_field(duckdb_sql.floor_to('__tile', size), size if i else None)} AS __f "
+        f"FROM ({rows_sql})" for i, size in enumerate(sizes))
     fields = (f"SELECT {_key_sql(project, view, 't')} AS __key, count(*) AS __n, "
-              f"string_agg({bulk_sql('CAST(__tile AS VARCHAR)')}, '') AS __fields "
-              f"FROM (SELECT DISTINCT {keys}, __tile FROM ({rows_sql})) "
-              f"WHERE {_not_null_keys(view)} GROUP BY {keys}")
+              f"string_agg({bulk_sql('__f')}, '') AS __fields "
+              f"FROM ({per_level}) WHERE {_not_null_keys(view)} GROUP BY {keys}")
     return f"SELECT {command_sql('HDEL', ['__key'], '__fields', '__n')} AS cmd FROM ({fields})"
 
 
@@ -273,7 +290,8 @@ def materialize_view(con, writer: BulkWriter, r, project: str, plan: Plan, view:
 
 def _write_tiles(con, writer, project, view, source, root, run: Run, st: ViewStats) -> None:
     tiles = duckdb_sql.tiles_sql(view, source, root, run.end_us, run.tiles_from)
-    sql, lines = tiles_commands_sql(project, view, tiles, run.end_us, replace=run.mode == "full")
+    sql, lines = tiles_commands_sql(project, view, tiles, run.end_us, replace=run.mode == "full",
+                                    tiles_from=run.tiles_from)
     st.entities, st.tiles = _send(con, writer, sql, lines, counted="__n")
     if run.prune is not None:
         old = duckdb_sql.view_rows_sql(view, source, root, run.end_us, run.prune[0])

@@ -3,23 +3,26 @@ name the Redis keys to read, and turn what Redis returned into the response.
 
 The server (`serving.server`) does the I/O around these functions:
 
-    prepared = prepare(manifest, request)          # BadRequest -> INVALID_ARGUMENT
+    prepared = prepare(manifest, request, now)     # BadRequest -> INVALID_ARGUMENT
     replies  = <one Redis pipeline over prepared.views>
-    response = respond(prepared, replies, now)     # CorruptState -> INTERNAL
+    response = respond(prepared, replies)          # CorruptState -> INTERNAL
 
-Values are decoded per entity (the layout stores one JSON document per row and
-per tile) but packed per column with numpy, so the cost of building the
-response does not grow with a Python loop over every value.
+A window reads the few tiles and rollups that cover it exactly
+(`featurestore.windows.cover`), the same fields for every entity: one HMGET
+per entity, and one JSON parse per view for all of them. Values are packed per
+column with numpy, so building the response is no Python loop over values.
 """
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from featurestore import layout, tiles
+from featurestore import layout, tiles, windows
 from featurestore.manifest import FeatureSpec, Manifest, ViewSpec
 from serving.v1 import serving_pb2 as pb
 
@@ -72,12 +75,25 @@ class Feature:
 
 
 @dataclass(frozen=True)
+class TileRead:
+    """The tiles hash fields one lookup of a view reads, and which of them
+    each requested aggregation merges. `fields` None: the whole hash (a
+    window over all history), each aggregation then merges its view's own
+    tiles from `lowers[j]` (None: all) to the lookup's time."""
+    fields: tuple[bytes, ...] | None
+    members: tuple[tuple[int, ...], ...]   # per aggregation: indexes into fields
+    lowers: tuple[int | None, ...]         # per aggregation: its window's lowest tile start
+
+
+@dataclass(frozen=True)
 class ViewLookup:
-    """The requested features of one view, and the Redis keys of its entities."""
+    """The requested features of one view, the Redis keys of its entities
+    and the tiles they are read from."""
     view: ViewSpec
     row_features: tuple[Feature, ...]
     aggregations: tuple[Feature, ...]
     entity_keys: tuple[str, ...]   # layout-encoded, one per entity row
+    tiles: TileRead | None         # None: no aggregation is requested
 
     @property
     def needs_tiles(self) -> bool:
@@ -92,6 +108,7 @@ class Prepared:
     entity_names: tuple[str, ...]          # key columns, in response order
     entities: Mapping[str, pb.ValueList]   # the request's key columns, echoed
     rows: int
+    now_us: int                            # the time the values are computed at
 
 
 def check_manifest(manifest: Manifest) -> None:
@@ -127,20 +144,43 @@ def check_manifest(manifest: Manifest) -> None:
         raise ValueError("the manifest cannot be served:\n  " + "\n  ".join(problems))
 
 
-def prepare(manifest: Manifest, request: pb.GetOnlineFeaturesRequest) -> Prepared:
-    """Validate `request` against `manifest`; raise BadRequest naming the problem."""
+def prepare(manifest: Manifest, request: pb.GetOnlineFeaturesRequest,
+            now_us: int) -> Prepared:
+    """Validate `request` against `manifest` for a lookup at `now_us`; raise
+    BadRequest naming the problem."""
     refs = _requested(manifest, request)
     features = _name_features(refs, request.full_feature_names)
     views = _group_by_view(features)
     key_kinds = _key_kinds(views)
     _check_names(features, key_kinds)
     columns, rows = _entity_columns(key_kinds, views, request.entities)
-    lookups = tuple(
-        ViewLookup(view, tuple(f for f in fs if f.spec.function is None),
-                   tuple(f for f in fs if f.spec.function is not None),
-                   _encode_keys(view, columns))
-        for view, fs in views.values())
-    return Prepared(tuple(features), lookups, tuple(key_kinds), request.entities, rows)
+    lookups = []
+    for view, fs in views.values():
+        aggs = tuple(f for f in fs if f.spec.function is not None)
+        read = _tile_read(view, tuple(windows.reach_us(view, f.spec) for f in aggs),
+                          now_us - now_us % view.tile_us) if aggs else None
+        lookups.append(ViewLookup(view, tuple(f for f in fs if f.spec.function is None), aggs,
+                                  _encode_keys(view, columns), read))
+    return Prepared(tuple(features), tuple(lookups), tuple(key_kinds), request.entities, rows,
+                    now_us)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tile_read(view: ViewSpec, reaches: tuple[int | None, ...], floor_us: int) -> TileRead:
+    """The fields that cover each window at a time in the tile at `floor_us`
+    (the same for every time in that tile, hence the cache)."""
+    lowers = tuple(windows.window_start(floor_us, view.tile_us, r) for r in reaches)
+    if None in lowers:
+        return TileRead(None, (), lowers)
+    sizes = windows.levels(view)
+    fields: dict[bytes, int] = {}
+    members = []
+    for lower in lowers:
+        cover = windows.cover(lower, floor_us, sizes)
+        members.append(tuple(fields.setdefault(
+            layout.tile_field(start, None if size == view.tile_us else size), len(fields))
+            for size, start in cover))
+    return TileRead(tuple(fields), tuple(members), lowers)
 
 
 def _requested(manifest: Manifest,
@@ -273,12 +313,15 @@ def _encode_keys(view: ViewSpec, columns: Mapping[str, list]) -> tuple[str, ...]
 Replies = Sequence[tuple[Sequence[bytes | None], Sequence[Mapping[bytes, bytes]] | None]]
 
 
-def respond(prepared: Prepared, replies: Replies, now_us: int) -> pb.GetOnlineFeaturesResponse:
+def respond(prepared: Prepared, replies: Replies) -> pb.GetOnlineFeaturesResponse:
     """Build the response from Redis' replies: for each view of `prepared.views`
-    the row GETs, and the tile HGETALLs (None when the view needs no tiles)."""
+    the row GETs, and the tiles (None when the view needs no tiles): per
+    entity the values of `lookup.tiles.fields`, or the whole hash when
+    `fields` is None."""
     columns: dict[str, pb.FeatureVector] = {}
-    for lookup, (rows, tile_hashes) in zip(prepared.views, replies, strict=True):
-        columns.update(_view_columns(lookup, rows, tile_hashes, now_us))
+    now_us = prepared.now_us
+    for lookup, (rows, tile_replies) in zip(prepared.views, replies, strict=True):
+        columns.update(_view_columns(lookup, rows, tile_replies, now_us))
     response = pb.GetOnlineFeaturesResponse()
     response.metadata.served_at = now_us
     names = response.metadata.feature_names.features
@@ -294,7 +337,15 @@ def respond(prepared: Prepared, replies: Replies, now_us: int) -> pb.GetOnlineFe
 
 
 def _view_columns(lookup: ViewLookup, rows, tile_hashes, now_us: int) -> dict[str, pb.FeatureVector]:
-    found = np.fromiter((raw is not None for raw in rows), np.bool_, len(rows))
+    """`rows`: per entity the GET of its row, or, for a view without row
+    features, whether its tiles hash EXISTS (a window with no rows in it is
+    then still known: 0 for a count, not NOT_FOUND)."""
+    if lookup.view.row_features:
+        found = np.fromiter((raw is not None for raw in rows), np.bool_, len(rows))
+        known = found
+    else:
+        found = np.zeros(len(rows), np.bool_)
+        known = np.fromiter(map(bool, rows), np.bool_, len(rows))
     row_ts, values = _decode_rows(lookup, rows, found)
     columns = {}
     if lookup.row_features:
@@ -304,7 +355,7 @@ def _view_columns(lookup: ViewLookup, rows, tile_hashes, now_us: int) -> dict[st
             column = values[:, f.index]
             columns[f.ref] = _vector(f, column, _statuses(column, found, expired), row_ts)
     if lookup.aggregations:
-        columns.update(_aggregation_columns(lookup, found, tile_hashes, now_us))
+        columns.update(_aggregation_columns(lookup, known, tile_hashes, now_us))
     return columns
 
 
@@ -340,31 +391,93 @@ def tile_aggregation(spec: FeatureSpec) -> tiles.Aggregation:
     return tiles.aggregation(spec.function, input_type)
 
 
-def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, tile_hashes,
+def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, replies,
                          now_us: int) -> dict[str, pb.FeatureVector]:
-    view, aggs = lookup.view, lookup.aggregations
+    """The window aggregations of every entity, from its tiles: `replies` per
+    entity are the values of `lookup.tiles.fields` (HMGET), or the whole hash
+    (HGETALL) when `fields` is None."""
+    aggs, read = lookup.aggregations, lookup.tiles
     states_of = [tile_aggregation(f.spec) for f in aggs]
-    lowers = [tiles.window_start(now_us, view.tile_us,
-                                 f.spec.window_us if f.spec.window_us is not None else view.ttl_us)
-              for f in aggs]
     values = np.empty((len(found), len(aggs)), dtype=object)
     values[:] = [agg.empty() for agg in states_of]
     latest = np.zeros(values.shape, np.int64)
     has_tiles = np.zeros(len(found), np.bool_)
-    for i, raw in enumerate(tile_hashes):
-        if not raw:
-            continue
+    if read.fields is None:
+        per_entity = _merge_hashes(lookup, replies, states_of, now_us)
+    else:
+        per_entity = _merge_fields(lookup, replies, states_of)
+    for i, merged in per_entity:
         has_tiles[i] = True
-        starts, states = _decode_tiles(lookup, i, raw)
-        per_aggregation = list(zip(*states))  # one column of states per aggregation
-        for j, (f, agg, lower) in enumerate(zip(aggs, states_of, lowers)):
-            window = tiles.window_slice(starts, now_us, lower)
-            if window.start < window.stop:
-                values[i, j] = agg.value(agg.merge(per_aggregation[f.index][window]))
-                latest[i, j] = starts[window.stop - 1]
+        for j, (value, start) in enumerate(merged):
+            if start is not None:
+                values[i, j], latest[i, j] = value, start
     exists = found | has_tiles
     return {f.ref: _vector(f, values[:, j], _statuses(values[:, j], exists), latest[:, j])
             for j, f in enumerate(aggs)}
+
+
+def _merge_fields(lookup: ViewLookup, replies, states_of):
+    """(entity, [(value, start of the newest tile read) per aggregation]) of
+    each entity with tiles; start None where its window holds none."""
+    read, width = lookup.tiles, len(lookup.view.aggregations)
+    starts = [layout.parse_tile_field(f)[1] for f in read.fields]
+    entities = [i for i, fields in enumerate(replies) if any(fields)]
+    # one JSON document for every tile of every entity: one parse, in C
+    text = b"[" + b",".join(b"[" + b",".join([v or b"null" for v in replies[i]]) + b"]"
+                            for i in entities) + b"]"
+    try:
+        decoded = json.loads(text)
+    except ValueError as e:
+        raise CorruptState(f"the tiles of view {lookup.view.name!r} are not valid JSON "
+                           f"(entities {_names(lookup, entities)}): {e}") from None
+    windows_of = {}  # per distinct window: the aggregations that read it
+    for j, (f, members) in enumerate(zip(lookup.aggregations, read.members)):
+        windows_of.setdefault(members, []).append((j, f.index, states_of[j]))
+    for i, tiles_of in zip(entities, decoded):
+        merged = [(None, None)] * len(states_of)
+        for members, users in windows_of.items():
+            present = [(tiles_of[m], m) for m in members if tiles_of[m] is not None]
+            if not present:
+                continue
+            for tile, m in present:
+                if type(tile) is not list or len(tile) != width:
+                    _refuse(lookup, i, starts[m], tile, width)
+            columns = list(zip(*[tile for tile, _ in present]))
+            newest = max(starts[m] for _, m in present)
+            for j, index, agg in users:
+                merged[j] = (agg.value(agg.merge(columns[index])), newest)
+        yield i, merged
+
+
+def _merge_hashes(lookup: ViewLookup, replies, states_of, now_us: int):
+    """As `_merge_fields`, from whole hashes: the view's own tiles (rollups
+    are left out) from each window's lower edge to now."""
+    for i, raw in enumerate(replies):
+        if not raw:
+            continue
+        starts, states = _decode_tiles(lookup, i, {f: v for f, v in raw.items() if b":" not in f})
+        per_aggregation = list(zip(*states))  # one column of states per aggregation
+        merged = []
+        for f, agg, lower in zip(lookup.aggregations, states_of, lookup.tiles.lowers):
+            window = windows.window_slice(starts, now_us, lower)
+            if window.start < window.stop:
+                merged.append((agg.value(agg.merge(per_aggregation[f.index][window])),
+                               starts[window.stop - 1]))
+            else:
+                merged.append((None, None))
+        yield i, merged
+
+
+def _names(lookup: ViewLookup, entities: list[int]) -> str:
+    shown = [repr(lookup.entity_keys[i]) for i in entities[:3]]
+    return ", ".join(shown) + (f" and {len(entities) - 3} more" if len(entities) > 3 else "")
+
+
+def _refuse(lookup: ViewLookup, i: int, start: int, state, width: int):
+    got = f"{len(state)} states" if isinstance(state, list) else repr(state)
+    raise CorruptState(f"tile {start} of view {lookup.view.name!r} for entity "
+                       f"{lookup.entity_keys[i]!r} has {got}; "
+                       f"the view has {width} aggregations")
 
 
 def _decode_tiles(lookup: ViewLookup, i: int,
@@ -379,10 +492,7 @@ def _decode_tiles(lookup: ViewLookup, i: int,
     if not (set(map(type, states)) <= {list} and set(map(len, states)) <= {width}):
         start, state = next((t, s) for t, s in zip(starts, states)
                             if not isinstance(s, list) or len(s) != width)
-        got = f"{len(state)} states" if isinstance(state, list) else repr(state)
-        raise CorruptState(f"tile {start} of view {lookup.view.name!r} for entity "
-                           f"{lookup.entity_keys[i]!r} has {got}; "
-                           f"the view has {width} aggregations")
+        _refuse(lookup, i, start, state, width)
     return starts, states
 
 

@@ -133,10 +133,18 @@ class OnlineStore:
             for v in prepared.views:
                 name, fingerprint = v.view.name, v.view.fingerprint
                 for key in v.entity_keys:
-                    pipe.get(layout.row_key(self._project, name, fingerprint, key))
+                    if v.view.row_features:
+                        pipe.get(layout.row_key(self._project, name, fingerprint, key))
+                    else:
+                        pipe.exists(layout.tiles_key(self._project, name, fingerprint, key))
                 if v.needs_tiles:
+                    fields = v.tiles.fields
                     for key in v.entity_keys:
-                        pipe.hgetall(layout.tiles_key(self._project, name, fingerprint, key))
+                        tiles_key = layout.tiles_key(self._project, name, fingerprint, key)
+                        if fields is None:
+                            pipe.hgetall(tiles_key)
+                        else:
+                            pipe.hmget(tiles_key, fields)
             return await pipe.execute()
 
     async def probe(self, timeout: float = 1.0) -> None:
@@ -203,17 +211,16 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
                                 context: grpc.aio.ServicerContext
                                 ) -> serving_pb2.GetOnlineFeaturesResponse:
         try:
-            prepared = lookup.prepare(self._manifest, request)
+            prepared = lookup.prepare(self._manifest, request, self._clock())
         except lookup.BadRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if prepared.rows > self._max_entities:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"{prepared.rows} entity rows in one request; this server "
                                 f"takes at most {self._max_entities}: split the request")
-        now = self._clock()
         replies = await self._read(prepared, context)
         try:
-            return lookup.respond(prepared, replies, now)
+            return lookup.respond(prepared, replies)
         except lookup.CorruptState as e:
             log.error("%s", e)
             await context.abort(grpc.StatusCode.INTERNAL, str(e))

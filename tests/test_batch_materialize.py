@@ -87,9 +87,10 @@ def test_range_run_recomputes_whole_tiles_and_keeps_older_ones(tmp_path, redis_u
     materialize(d.PLAN, tmp_path, d.PROJECT, redis_url, end_us=E2)
     full = _dump(redis_url)
     r = redis.Redis.from_url(redis_url)
-    for key in r.keys("*:t"):  # a crash lost every tile after E1
+    for key in r.keys("*:t"):  # a crash lost every tile after E1, and the rollups of them
         for field in r.hkeys(key):
-            if int(field) > E1 - d.TILE:
+            size, start = layout.parse_tile_field(field)
+            if start + (size or d.TILE) > E1:
                 r.hdel(key, field)
     stats = materialize(d.PLAN, tmp_path, d.PROJECT, redis_url, end_us=E2, start_us=E1)
     assert stats.views[0].mode == "range"
@@ -101,7 +102,7 @@ def test_watermark_moves_only_over_contiguous_runs():
     assert plan_run(view, None, E1, True, None).watermark == E1
     run = plan_run(view, None, E2, True, E1)
     assert (run.mode, run.start_us, run.watermark) == ("incremental", E1 + 1, E2)
-    assert run.tiles_from == E1 - E1 % d.TILE           # the tile of E1 is recomputed whole
+    assert run.tiles_from == E1 - E1 % d.HOUR   # the tile of E1 and its hour rollup, whole
     assert run.prune == (E1 - E1 % d.TILE - d.DAY, E2 - E2 % d.TILE - d.DAY)
     assert plan_run(view, E1 + d.HOUR, E2, False, E1).watermark == E1  # a gap: unchanged
     assert plan_run(view, E1 - d.HOUR, E2, False, E1).watermark == E2
@@ -114,17 +115,18 @@ def test_keys_expire_with_ttl_and_retention(tmp_path, redis_url, events):
     r = redis.Redis.from_url(redis_url)
     fp = d.BUYS.fingerprint()
     checked = 0
-    for key in r.keys(f"fs2:{d.PROJECT}:buys:{fp}:*:r"):
+    for key in r.keys(f"{layout.PREFIX}:{d.PROJECT}:buys:{fp}:*:r"):
         left = layout.decode_row(r.get(key))[0] + 2 * d.BUYS.ttl_us - E2
         assert left // 1000 - 5000 <= r.pttl(key) <= left // 1000
         checked += 1
-    for key in r.keys(f"fs2:{d.PROJECT}:buys:{fp}:*:t"):
-        newest = max(int(f) for f in r.hkeys(key))
+    for key in r.keys(f"{layout.PREFIX}:{d.PROJECT}:buys:{fp}:*:t"):
+        starts = [layout.parse_tile_field(f)[1] for f in r.hkeys(key)]
+        newest = max(starts)
         left = newest + d.DAY + 2 * d.TILE - E2
         assert left // 1000 - 5000 <= r.pttl(key) <= left // 1000
-        assert min(int(f) for f in r.hkeys(key)) >= E2 - E2 % d.TILE - d.DAY
+        assert min(starts) >= E2 - E2 % d.TILE - d.DAY
         checked += 1
-    shops = r.keys(f"fs2:{d.PROJECT}:shops:*")  # no ttl: kept
+    shops = r.keys(f"{layout.PREFIX}:{d.PROJECT}:shops:*")  # no ttl: kept
     assert checked >= 20 and shops and all(r.pttl(k) == -1 for k in shops)
     watermark = r.get(layout.watermark_key(d.PROJECT, "buys", fp))
     assert layout.decode_watermark(watermark) == E2
@@ -136,7 +138,7 @@ def test_many_batches_reach_redis(tmp_path, redis_url, events, monkeypatch):
     stats = materialize(d.PLAN, tmp_path, d.PROJECT, redis_url, end_us=E2)
     r = redis.Redis.from_url(redis_url)
     assert len(r.keys("*:t")) == sum(v.entities for v in stats.views) > 7
-    assert stats.views[1].tiles == sum(r.hlen(k) for k in r.keys("fs2:*:shops:*:t"))
+    assert stats.views[1].tiles == sum(r.hlen(k) for k in r.keys(f"{layout.PREFIX}:*:shops:*:t"))
 
 
 def test_a_refused_command_is_raised_with_its_reason(tmp_path, redis_url, events):

@@ -29,8 +29,11 @@ MANIFEST = Manifest("p", {"v": VIEW}, {"s": (("v", "*"),)})
 def _respond(hashes: list[dict]):
     request = pb.GetOnlineFeaturesRequest(feature_service="s")
     request.entities["user_id"].string_list.values.extend(f"u{i}" for i in range(len(hashes)))
-    prepared = lookup.prepare(MANIFEST, request)
-    return lookup.respond(prepared, [([None] * len(hashes), hashes)], NOW)
+    prepared = lookup.prepare(MANIFEST, request, NOW)
+    fields = prepared.views[0].tiles.fields
+    if fields is not None:  # what HMGET returns for them
+        hashes = [[h.get(f) for f in fields] for h in hashes]
+    return lookup.respond(prepared, [([None] * len(hashes), hashes)])
 
 
 ARGUMENTS = {"n": lambda amount, kind: None, "total": lambda amount, kind: amount,

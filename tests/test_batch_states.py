@@ -1,14 +1,15 @@
 """DuckDB writes the bytes `featurestore.layout` and `featurestore.tiles`
 define: every tile and every latest row in Redis after `materialize` equals
 the Python encoding of states computed in Python (`Aggregation.state_of`),
-on the edge-case data of the differential tests."""
+on the edge-case data of the differential tests; rollups too, computed from
+the rows inside them."""
 from __future__ import annotations
 
 from collections import defaultdict
 
 import redis
 
-from featurestore import layout
+from featurestore import layout, windows
 from featurestore.backends import duckdb_sql
 from featurestore.materialize import materialize
 from tests import differential as d
@@ -20,12 +21,15 @@ def _view_rows(view_ref, events, end):
 
 
 def _python_tiles(view, view_ref, events, end, lower):
-    """(entity key, tile start) -> the tile value, computed in Python."""
+    """(entity key, tiles hash field) -> the value of the tile or rollup,
+    computed in Python from the rows inside it."""
     by_tile = defaultdict(list)
     for e in _view_rows(view_ref, events, end):
-        start = e["ts"] - e["ts"] % view.tile_us
-        if lower is None or start >= lower:
-            by_tile[(tuple(e[k] for k, _ in view.keys), start)].append(e)
+        for i, size in enumerate(windows.levels(view)):
+            start = e["ts"] - e["ts"] % size
+            if lower is None or start >= lower:
+                field = layout.tile_field(start, size if i else None)
+                by_tile[(tuple(e[k] for k, _ in view.keys), field)].append(e)
     out = {}
     for (key, start), rows in by_tile.items():
         states = []
@@ -49,8 +53,9 @@ def test_materialized_tiles_are_the_python_encoding_of_python_states(tmp_path, r
         got = {}
         for key in {k for k, _ in want}:
             stored = r.hgetall(layout.tiles_key(d.PROJECT, view.name, view.fingerprint(), key))
-            got.update({(key, int(f)): v for f, v in stored.items()})
+            got.update({(key, f): v for f, v in stored.items()})
         assert got == want, view.name
+        assert any(b":" in f for _, f in got), "no rollups"
 
 
 def test_materialized_rows_are_the_python_encoding_of_the_latest_row(tmp_path, redis_url):

@@ -28,6 +28,7 @@ def _vectors() -> dict[str, str]:
         "row key": layout.row_key("shop", "user_spend", "0a1b2c3d", ek(["user_42"])).decode(),
         "tiles key": layout.tiles_key("shop", "user_spend", "0a1b2c3d", ek(["u1", 7])).decode(),
         "tile field": layout.tile_field(1767225600000000).decode(),
+        "rollup field, 1 hour": layout.tile_field(1767225600000000, 3_600_000_000).decode(),
         "row value": layout.encode_row(1767225600123456, ["DE", 31, None, 2.5, True]).decode(),
         "tile value": layout.encode_tile(
             [3, [12, 3458764513820540928, 0], [2, 12, 3458764513820540928, 0], 7.5,
@@ -48,7 +49,15 @@ def test_values_round_trip():
     assert layout.decode_row(layout.encode_row(5, ["a", 1.5, None])) == (5, ["a", 1.5, None])
     states = [1, None, [0.1 + 0.2, 3], -0.0, 1e300]
     assert layout.decode_tile(layout.encode_tile(states)) == states
-    assert layout.parse_tile_field(layout.tile_field(-300_000_000)) == -300_000_000
+    assert layout.parse_tile_field(layout.tile_field(-300_000_000)) == (None, -300_000_000)
+    assert layout.parse_tile_field(layout.tile_field(-3600, 3600)) == (3600, -3600)
+
+
+def test_sql_tile_fields_are_the_python_ones():
+    con = duckdb.connect()
+    for start, size in [(1767225600000000, None), (-3_600_000_000, 3_600_000_000), (0, 86400)]:
+        sql = layout.sql_tile_field(str(start), size)
+        assert con.sql(f"SELECT {sql}").fetchone()[0].encode() == layout.tile_field(start, size)
 
 
 def test_escaping_keeps_distinct_keys_distinct():

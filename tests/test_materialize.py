@@ -78,9 +78,9 @@ def test_tiles_and_rows_hold_exact_states(repo_dir, redis_url):
     decoded = {layout.parse_tile_field(f): layout.decode_tile(v) for f, v in tiles.items()}
     current = (END // TILE) * TILE
     # float sums are fixed point: [sum(trunc(x)), sum(fraction * 2**62), inputs out of range]
-    assert decoded == {
-        current: [2, [160, 0, 0], [2, 160, 0, 0], 150.0, 1],
-        current - 2 * TILE: [1, [7, 0, 0], [1, 7, 0, 0], 7.0, 0],
+    assert decoded == {  # (size, start): the view's windows are too short for rollups
+        (None, current): [2, [160, 0, 0], [2, 160, 0, 0], 150.0, 1],
+        (None, current - 2 * TILE): [1, [7, 0, 0], [1, 7, 0, 0], 7.0, 0],
     }
     ts, values = layout.decode_row(r.get(layout.row_key("t", "spend", fp, "a")))
     # a tie on ts goes to the greater row-feature values, whatever the read order

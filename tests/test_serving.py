@@ -21,7 +21,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from featurestore import layout, redis_local
+from featurestore import layout, redis_local, windows
 from featurestore.manifest import FeatureSpec, Manifest, ViewSpec
 from serving import lookup
 from serving.client import FeatureClient, FieldStatus, entity_column
@@ -84,9 +84,18 @@ def spend_states(purchases, spend, priced, max_spend, spend_all):
 
 
 def put_tile(r, view, key, start, states):
+    """Write a tile, and rewrite the rollups it lies in as the writers do."""
     entity = layout.encode_entity_key(key)
-    r.hset(layout.tiles_key(PROJECT, view.name, view.fingerprint, entity),
-           layout.tile_field(start), layout.encode_tile(states))
+    hash_key = layout.tiles_key(PROJECT, view.name, view.fingerprint, entity)
+    r.hset(hash_key, layout.tile_field(start), layout.encode_tile(states))
+    fine = {s: layout.decode_tile(v) for (size, s), v in
+            ((layout.parse_tile_field(f), v) for f, v in r.hgetall(hash_key).items())
+            if size is None}
+    aggregations = [lookup.tile_aggregation(f) for f in view.aggregations]
+    for size, rollup in windows.rollup_starts(start, windows.levels(view)[1:]):
+        inside = [fine[s] for s in sorted(fine) if rollup <= s < rollup + size]
+        merged = [agg.merge(column) for agg, column in zip(aggregations, zip(*inside))]
+        r.hset(hash_key, layout.tile_field(rollup, size), layout.encode_tile(merged))
 
 
 class LoopThread:
@@ -209,7 +218,9 @@ def test_aggregation_statuses_when_windows_are_empty(client, r):
     assert statuses["avg_spend_1h"].tolist() == [NULL, NULL, NULL, MISSING]
     assert statuses["max_spend_1h"].tolist() == [NULL, NULL, NULL, MISSING]
     assert got.event_timestamps["purchases_1h"].tolist() == [0, 0, FLOOR, 0]
-    assert got.event_timestamps["spend_1d"].tolist() == [0, FLOOR - 2 * HOUR, FLOOR, 0]
+    # the newest tile read with state: here the hour rollup around that tile
+    hour = (FLOOR - 2 * HOUR) // HOUR * HOUR
+    assert got.event_timestamps["spend_1d"].tolist() == [0, hour, FLOOR, 0]
 
 
 def test_service_full_names_and_entity_columns_first(client, r):

@@ -292,6 +292,25 @@ def merge_states_sql(view: View, indexes: list[int]) -> list[str]:
             if c.reduce != "set"]
 
 
+def rollup_states_sql(view: View) -> list[str]:
+    """`<merge> AS s<k>_<column>` of every aggregation's state columns over
+    the tiles of a group: a rollup is the merge of the tiles inside it."""
+    out = []
+    for k, a in enumerate(view.aggregations):
+        for c in tile_aggregation(a).columns:
+            col = f"s{k}_{c.name}"
+            merged = (_distinct_sorted(f"list_sort(flatten(list({col})))") if c.reduce == "set"
+                      else _MERGE[c.reduce].format(col))
+            out.append(f"{merged} AS {col}")
+    return out
+
+
+def _distinct_sorted(sorted_sql: str) -> str:
+    """A sorted list without repeats, NaN once (list_distinct keeps every NaN;
+    DuckDB's <> holds NaN equal to NaN, as DISTINCT does)."""
+    return f"list_filter({sorted_sql}, lambda v, i: i = 1 OR v <> {sorted_sql}[i - 1])"
+
+
 def tile_json_sql(view: View) -> str:
     """The JSON tile value (`layout.encode_tile` of the states) from the
     s<k>_<column> columns."""
