@@ -190,6 +190,7 @@ def cmd_export(args) -> None:
 def cmd_serve(args) -> None:
     from featurestore import repo
     from serving.server import ServerOptions, serve
+    from serving.workers import WorkerFailed, default_workers
 
     cfg = _cfg(args)
     if not cfg.manifest_path.exists():
@@ -200,8 +201,14 @@ def cmd_serve(args) -> None:
         tls_key=str(cfg.tls_key) if cfg.tls_key else None,
         metrics_port=args.metrics_port if args.metrics_port is not None else cfg.metrics_port,
         max_entities=cfg.max_entities, max_request_bytes=cfg.max_request_bytes)
-    serve(cfg.manifest_path, url, args.host or cfg.serving_host, args.port or cfg.serving_port,
-          options)
+    workers = args.workers or cfg.serving_workers or default_workers()
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, not {workers}")
+    try:
+        serve(cfg.manifest_path, url, args.host or cfg.serving_host,
+              args.port or cfg.serving_port, options, workers)
+    except (OSError, WorkerFailed) as e:
+        raise UserError(str(e)) from None
 
 
 def cmd_get(args) -> None:
@@ -332,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--metrics-port", type=int, help="expose Prometheus /metrics on this port")
+    s.add_argument("--workers", type=int,
+                   help="server processes sharing the port (default: serving.workers, "
+                        "else one per core)")
     s = verb("get", cmd_get, "look features up through the server")
     s.add_argument("--service", help="feature service name")
     s.add_argument("--features", help="comma-separated VIEW:FEATURE refs")

@@ -7,6 +7,7 @@
     serving:
       host: 127.0.0.1
       port: 6566
+      workers: 4                        # server processes (default: one per core)
       api_keys: [k1, k2]                # optional; callers send one as x-api-key
       tls_cert: certs/server.pem        # optional, with tls_key: serve TLS
       tls_key: certs/server.key
@@ -49,6 +50,7 @@ class RepoConfig:
     metrics_port: int | None = None
     max_entities: int = 10_000
     max_request_bytes: int = 4 * 1024 * 1024
+    serving_workers: int | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -120,6 +122,7 @@ def load(root: Path) -> RepoConfig:
         metrics_port=_int(path, serving, "metrics_port", None),
         max_entities=_int(path, serving, "max_entities", 10_000),
         max_request_bytes=_int(path, serving, "max_request_bytes", 4 * 1024 * 1024),
+        serving_workers=_int(path, serving, "workers", None),
     )
 
 

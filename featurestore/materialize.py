@@ -106,7 +106,7 @@ def plan_run(view: View, start_us: int | None, end_us: int, incremental: bool,
              watermark: int | None) -> Run:
     """Decide the mode and ranges of a run from the options and the watermark."""
     tile = view.tile_us
-    keep = windows.retention_us(view)
+    keep = windows.history_us(view)
     lower = windows.window_start(end_us, tile, keep)
     if incremental and watermark is not None:
         if end_us <= watermark:

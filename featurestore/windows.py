@@ -30,6 +30,9 @@ HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US
 ROLLUP_SPANS_US = (HOUR_US, DAY_US)   # candidate rollup sizes, finest first
 MAX_FUTURE_US = HOUR_US               # the stream drops events further ahead of its clock
+# Tiles are kept this long beyond the longest window, so that a request may
+# ask for values as of a time up to this far in the past (`as_of`).
+AS_OF_HORIZON_US = HOUR_US
 
 
 def reach_us(view, aggregation) -> int | None:
@@ -45,10 +48,18 @@ def retention_us(view) -> int | None:
     return None if any(s is None for s in spans) else max(spans, default=0)
 
 
+def history_us(view) -> int | None:
+    """How far back from the start of the current tile the view's tiles are
+    kept (written, not pruned, not dropped as late): the longest window plus
+    AS_OF_HORIZON_US; None for all history."""
+    keep = retention_us(view)
+    return None if keep is None else keep + AS_OF_HORIZON_US
+
+
 def tiles_keep_us(view) -> int | None:
     """A tiles key lives this long after its newest tile (two tiles of slack
-    beyond the retention, for clocks that disagree by a little)."""
-    keep = retention_us(view)
+    beyond the history, for clocks that disagree by a little)."""
+    keep = history_us(view)
     return None if keep is None else keep + 2 * view.tile_us
 
 

@@ -72,17 +72,22 @@ class FeatureClient:
                             service: str | None = None, *,
                             entities: Mapping[str, Sequence | np.ndarray],
                             full_feature_names: bool = False,
+                            as_of: "int | _dt.datetime | None" = None,
                             timeout: float | None = None) -> "OnlineFeatures":
         """Look up `features` ("view:feature" refs) or the feature service
         `service` (exactly one of them) for the entity rows in `entities`: one
         column per key name, all of the same length (a pandas DataFrame of the
         key columns works too). A column of ints (or a numpy integer array) is
-        sent as int64, a column of strings as string."""
+        sent as int64, a column of strings as string. `as_of` (epoch
+        microseconds, or an aware datetime) asks for the values at that past
+        time instead of now (see the proto; `.served_at` says when)."""
         if (features is None) == (service is None):
             raise ValueError("pass exactly one of features and service")
         if isinstance(features, str):
             raise TypeError("features must be a list of 'view:feature' refs, not one string")
         request = pb.GetOnlineFeaturesRequest(full_feature_names=full_feature_names)
+        if as_of is not None:
+            request.as_of = _epoch_us(as_of)
         if service is not None:
             request.feature_service = service
         else:
@@ -115,6 +120,15 @@ class FeatureClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _epoch_us(t: "int | _dt.datetime") -> int:
+    if isinstance(t, _dt.datetime):
+        if t.tzinfo is None:
+            raise ValueError("as_of must be an aware datetime: a naive one names no instant")
+        epoch = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+        return (t - epoch) // _dt.timedelta(microseconds=1)
+    return int(t)
 
 
 def entity_column(name: str, values: Sequence | np.ndarray) -> pb.ValueList:
@@ -162,6 +176,9 @@ class OnlineFeatures:
         self.entity_names = entity_names
         self.names: list[str] = list(response.metadata.feature_names.features)
         self.served_at: int = response.metadata.served_at
+        # view -> (newest event time behind its values, its age at served_at), µs
+        self.freshness: dict[str, tuple[int, int]] = {
+            f.view: (f.newest_event, f.age) for f in response.metadata.freshness}
         self._columns: dict[str, tuple[str | None, np.ndarray, np.ndarray, np.ndarray]] = {}
         for name, vector in zip(self.names, response.results, strict=True):
             self._columns[name] = _decode(vector)

@@ -109,6 +109,7 @@ class Prepared:
     entities: Mapping[str, pb.ValueList]   # the request's key columns, echoed
     rows: int
     now_us: int                            # the time the values are computed at
+    as_of: bool = False                    # asked for a past time: rows after it are unknown
 
 
 def check_manifest(manifest: Manifest) -> None:
@@ -154,6 +155,9 @@ def prepare(manifest: Manifest, request: pb.GetOnlineFeaturesRequest,
     key_kinds = _key_kinds(views)
     _check_names(features, key_kinds)
     columns, rows = _entity_columns(key_kinds, views, request.entities)
+    as_of = request.HasField("as_of")
+    if as_of:
+        now_us = _as_of_instant(request.as_of, now_us, views)
     lookups = []
     for view, fs in views.values():
         aggs = tuple(f for f in fs if f.spec.function is not None)
@@ -162,7 +166,31 @@ def prepare(manifest: Manifest, request: pb.GetOnlineFeaturesRequest,
         lookups.append(ViewLookup(view, tuple(f for f in fs if f.spec.function is None), aggs,
                                   _encode_keys(view, columns), read))
     return Prepared(tuple(features), tuple(lookups), tuple(key_kinds), request.entities, rows,
-                    now_us)
+                    now_us, as_of)
+
+
+def _as_of_instant(as_of: int, now_us: int, views) -> int:
+    """The instant an as_of request is answered at (see the proto): the
+    latest at or before as_of that ends a tile of every view with requested
+    window features, within the history the store holds."""
+    horizon = windows.AS_OF_HORIZON_US
+    if as_of > now_us:
+        raise BadRequest(f"as_of {as_of} is in the future (now is {now_us}): "
+                         "values after now are unknown")
+    tiled = [view for view, fs in views.values()
+             if any(f.spec.function is not None for f in fs)]
+    t = windows.as_of_instant(as_of, [view.tile_us for view in tiled])
+    # the tiles a window reads at t are held when t's tile is within the
+    # horizon of now's (windows.history_us)
+    too_old = [v.name for v in tiled if t - t % v.tile_us < now_us - now_us % v.tile_us - horizon]
+    if as_of < now_us - horizon or too_old:
+        reason = (f"windows of {', '.join(map(repr, too_old))} would read tiles before "
+                  f"{horizon // 1_000_000} s ago (as_of {as_of} ends no tile later)") \
+            if too_old and as_of >= now_us - horizon else \
+            f"as_of {as_of} is more than {horizon // 1_000_000} s before now ({now_us})"
+        raise BadRequest(f"{reason}: the online store holds no older tiles; "
+                         "use `featurestore export` for older times")
+    return t
 
 
 @functools.lru_cache(maxsize=4096)
@@ -320,10 +348,13 @@ def respond(prepared: Prepared, replies: Replies) -> pb.GetOnlineFeaturesRespons
     `fields` is None."""
     columns: dict[str, pb.FeatureVector] = {}
     now_us = prepared.now_us
-    for lookup, (rows, tile_replies) in zip(prepared.views, replies, strict=True):
-        columns.update(_view_columns(lookup, rows, tile_replies, now_us))
     response = pb.GetOnlineFeaturesResponse()
     response.metadata.served_at = now_us
+    for lookup, (rows, tile_replies) in zip(prepared.views, replies, strict=True):
+        view_columns, newest = _view_columns(lookup, rows, tile_replies, now_us, prepared.as_of)
+        columns.update(view_columns)
+        response.metadata.freshness.add(view=lookup.view.name, newest_event=newest,
+                                        age=now_us - newest if newest else 0)
     names = response.metadata.feature_names.features
     present, unknown = [pb.PRESENT] * prepared.rows, [0] * prepared.rows
     for key in prepared.entity_names:
@@ -336,8 +367,10 @@ def respond(prepared: Prepared, replies: Replies) -> pb.GetOnlineFeaturesRespons
     return response
 
 
-def _view_columns(lookup: ViewLookup, rows, tile_hashes, now_us: int) -> dict[str, pb.FeatureVector]:
-    """`rows`: per entity the GET of its row, or, for a view without row
+def _view_columns(lookup: ViewLookup, rows, tile_hashes, now_us: int,
+                  as_of: bool) -> tuple[dict[str, pb.FeatureVector], int]:
+    """The view's columns, and the newest event time behind them (0: none).
+    `rows`: per entity the GET of its row, or, for a view without row
     features, whether its tiles hash EXISTS (a window with no rows in it is
     then still known: 0 for a count, not NOT_FOUND)."""
     if lookup.view.row_features:
@@ -347,16 +380,21 @@ def _view_columns(lookup: ViewLookup, rows, tile_hashes, now_us: int) -> dict[st
         found = np.zeros(len(rows), np.bool_)
         known = np.fromiter(map(bool, rows), np.bool_, len(rows))
     row_ts, values = _decode_rows(lookup, rows, found)
-    columns = {}
+    columns, newest = {}, 0
     if lookup.row_features:
+        held = found & (row_ts <= now_us) if as_of else found   # as_of: rows after it unknown
         ttl = lookup.view.ttl_us
-        expired = found & (row_ts <= now_us - ttl) if ttl is not None else None
+        expired = held & (row_ts <= now_us - ttl) if ttl is not None else None
         for f in lookup.row_features:
             column = values[:, f.index]
-            columns[f.ref] = _vector(f, column, _statuses(column, found, expired), row_ts)
+            columns[f.ref] = _vector(f, column, _statuses(column, held, expired),
+                                     np.where(held, row_ts, 0))
+        newest = int(row_ts[held].max(initial=0))
     if lookup.aggregations:
-        columns.update(_aggregation_columns(lookup, known, tile_hashes, now_us))
-    return columns
+        aggregated, latest = _aggregation_columns(lookup, known, tile_hashes, now_us)
+        columns.update(aggregated)
+        newest = max(newest, latest)
+    return columns, newest
 
 
 def _decode_rows(lookup: ViewLookup, rows, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -392,7 +430,7 @@ def tile_aggregation(spec: FeatureSpec) -> tiles.Aggregation:
 
 
 def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, replies,
-                         now_us: int) -> dict[str, pb.FeatureVector]:
+                         now_us: int) -> tuple[dict[str, pb.FeatureVector], int]:
     """The window aggregations of every entity, from its tiles: `replies` per
     entity are the values of `lookup.tiles.fields` (HMGET), or the whole hash
     (HGETALL) when `fields` is None."""
@@ -412,8 +450,8 @@ def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, replies,
             if start is not None:
                 values[i, j], latest[i, j] = value, start
     exists = found | has_tiles
-    return {f.ref: _vector(f, values[:, j], _statuses(values[:, j], exists), latest[:, j])
-            for j, f in enumerate(aggs)}
+    return ({f.ref: _vector(f, values[:, j], _statuses(values[:, j], exists), latest[:, j])
+             for j, f in enumerate(aggs)}, int(latest.max(initial=0)))
 
 
 def _merge_fields(lookup: ViewLookup, replies, states_of):
@@ -422,18 +460,10 @@ def _merge_fields(lookup: ViewLookup, replies, states_of):
     read, width = lookup.tiles, len(lookup.view.aggregations)
     starts = [layout.parse_tile_field(f)[1] for f in read.fields]
     entities = [i for i, fields in enumerate(replies) if any(fields)]
-    # one JSON document for every tile of every entity: one parse, in C
-    text = b"[" + b",".join(b"[" + b",".join([v or b"null" for v in replies[i]]) + b"]"
-                            for i in entities) + b"]"
-    try:
-        decoded = json.loads(text)
-    except ValueError as e:
-        raise CorruptState(f"the tiles of view {lookup.view.name!r} are not valid JSON "
-                           f"(entities {_names(lookup, entities)}): {e}") from None
     windows_of = {}  # per distinct window: the aggregations that read it
     for j, (f, members) in enumerate(zip(lookup.aggregations, read.members)):
         windows_of.setdefault(members, []).append((j, f.index, states_of[j]))
-    for i, tiles_of in zip(entities, decoded):
+    for i, tiles_of in zip(entities, _decode_fields(lookup, replies, entities)):
         merged = [(None, None)] * len(states_of)
         for members, users in windows_of.items():
             present = [(tiles_of[m], m) for m in members if tiles_of[m] is not None]
@@ -447,6 +477,24 @@ def _merge_fields(lookup: ViewLookup, replies, states_of):
             for j, index, agg in users:
                 merged[j] = (agg.value(agg.merge(columns[index])), newest)
         yield i, merged
+
+
+DECODE_CHUNK = 64   # entities per JSON parse: a parse holds the GIL throughout
+
+
+def _decode_fields(lookup: ViewLookup, replies, entities: list[int]):
+    """Each entity's tiles, decoded: one JSON document per chunk of entities
+    (one parse, in C, for thousands of tiles, short enough that the event
+    loop's thread gets the GIL between chunks)."""
+    for at in range(0, len(entities), DECODE_CHUNK):
+        chunk = entities[at:at + DECODE_CHUNK]
+        text = b"[" + b",".join(b"[" + b",".join([v or b"null" for v in replies[i]]) + b"]"
+                                for i in chunk) + b"]"
+        try:
+            yield from json.loads(text)
+        except ValueError as e:
+            raise CorruptState(f"the tiles of view {lookup.view.name!r} are not valid JSON "
+                               f"(entities {_names(lookup, chunk)}): {e}") from None
 
 
 def _merge_hashes(lookup: ViewLookup, replies, states_of, now_us: int):

@@ -9,21 +9,25 @@ of the compiler (lark), DuckDB, PyFlink or Feast: a server starts in well under
 a second and its image stays small.
 
     featurestore serve            # the CLI, which calls `serve`
-    python -m serving.server --manifest PATH --redis redis://HOST:6379/0
+    python -m serving.server --manifest PATH --redis redis://HOST:6379/0 [--workers N]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import grpc
+import redis
 import redis.asyncio as aioredis
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -49,10 +53,15 @@ PROBE_INTERVAL_S = 2.0
 # Redis must answer a whole lookup within READ_TIMEOUT_S (or the client's
 # deadline, when sooner), so a client gets UNAVAILABLE in about a second rather
 # than waiting out its deadline. One timer per lookup, not a socket timeout per
-# command: those cost a third of the read time of a large pipeline. One retry
-# on a fresh connection covers connections that died while idle (a restarted
-# Redis). Options in the Redis URL's query string override these.
+# command: those cost a third of the read time of a large pipeline. The timer
+# also runs while the event loop is busy with other lookups, so when it fires
+# a PING on a socket of its own (timed by the kernel, in a thread) tells an
+# outage (UNAVAILABLE, health NOT_SERVING) from a busy server (the read goes
+# on, within the client's deadline; health unchanged). One retry on a fresh connection
+# covers connections that died while idle (a restarted Redis). Options in the
+# Redis URL's query string override these.
 READ_TIMEOUT_S = 1.0
+PING_TIMEOUT_S = 1.0
 REDIS_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 0.5,
     "socket_timeout": None,
@@ -60,6 +69,10 @@ REDIS_OPTIONS: dict[str, Any] = {
     "retry_on_error": [RedisConnectionError],
 }
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Lookups with more values than this (entity rows x features) are answered on
+# a thread, so that merging tiles for a large request never holds the event
+# loop that answers the small ones; smaller ones are cheaper answered inline.
+INLINE_VALUES = 2_000
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,10 @@ class ServerOptions:
     metrics_port      Prometheus /metrics on this port (0: a free one; None: off)
     max_request_bytes larger requests are refused by gRPC (RESOURCE_EXHAUSTED)
     max_entities      more entity rows in one request get INVALID_ARGUMENT
+    max_pending_rows  entity rows a worker holds at once (read or being
+                      answered); a request beyond them gets RESOURCE_EXHAUSTED
+                      (one request alone is always taken)
+    redis_connections Redis connections per worker; more lookups wait for one
     """
     api_keys: tuple[str, ...] = ()
     tls_cert: str | None = None
@@ -79,6 +96,8 @@ class ServerOptions:
     metrics_port: int | None = None
     max_request_bytes: int = 4 * 1024 * 1024
     max_entities: int = 10_000
+    max_pending_rows: int = 50_000
+    redis_connections: int = 32
 
 
 class StoreUnavailable(RuntimeError):
@@ -96,37 +115,63 @@ def wall_clock_us() -> int:
 class OnlineStore:
     """The server's Redis: reads views' state and tells health whether Redis answers."""
 
-    def __init__(self, project: str, redis_url: str, health: grpc_health.aio.HealthServicer):
+    def __init__(self, project: str, redis_url: str, health: grpc_health.aio.HealthServicer,
+                 connections: int = ServerOptions.redis_connections):
         self._project = project
         self._redis = aioredis.Redis.from_url(redis_url, **REDIS_OPTIONS)
+        # PINGs that decide health run on a thread with a socket timeout, so
+        # that only Redis' silence counts, never the event loop's own work
+        self._pinger = redis.Redis.from_url(redis_url, socket_timeout=PING_TIMEOUT_S,
+                                            socket_connect_timeout=PING_TIMEOUT_S)
+        self._ping_thread = ThreadPoolExecutor(1, thread_name_prefix="redis-ping")
+        self._slots = asyncio.Semaphore(connections)  # bounds the connection pool
         self._health = health
         self._up: bool | None = None
         self.location = _without_credentials(redis_url)
 
     async def read(self, prepared: lookup.Prepared,
                    time_left: float | None = None) -> list[tuple[list, list | None]]:
-        """For each view of `prepared`: the rows and (when needed) the tile
-        hashes of its entities, read in one pipelined round trip.
+        """For each view of `prepared`: the rows and (when needed) the tiles
+        of its entities, read in one pipelined round trip.
 
         Raises StoreUnavailable when Redis does not answer within
         READ_TIMEOUT_S, and TimeoutError when `time_left` (the caller's
-        deadline, in seconds) runs out first."""
-        deadline_first = time_left is not None and time_left < READ_TIMEOUT_S
-        try:
-            replies = await asyncio.wait_for(
-                self._pipeline(prepared), time_left if deadline_first else READ_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            if deadline_first:
+        deadline, in seconds) runs out first. A read that takes longer while
+        Redis answers PINGs (the server is busy, not Redis) goes on."""
+        loop = asyncio.get_running_loop()
+        deadline = None if time_left is None else loop.time() + time_left
+        async with _within(self._slots, time_left):
+            read = asyncio.ensure_future(self._pipeline(prepared))
+            try:
+                replies = await self._await_read(read, deadline)
+            except asyncio.TimeoutError:  # the deadline (an OSError: not Redis' fault)
                 raise
-            await self.report(f"no answer within {READ_TIMEOUT_S} s")
-            raise StoreUnavailable(f"the online store (Redis at {self.location}) did not "
-                                   f"answer within {READ_TIMEOUT_S} s") from None
-        except _UNAVAILABLE as e:
-            await self.report(e)
-            raise StoreUnavailable(f"the online store (Redis at {self.location}) "
-                                   f"is unavailable: {e}") from None
-        await self.report(None)
+            except _UNAVAILABLE as e:
+                await self.report(e)
+                raise StoreUnavailable(f"the online store (Redis at {self.location}) "
+                                       f"is unavailable: {e}") from None
+            finally:
+                read.cancel()
+        if self._up is not True:
+            await self.report(None)
         return _per_view(prepared, replies)
+
+    async def _await_read(self, read: asyncio.Future, deadline: float | None) -> list:
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = READ_TIMEOUT_S if deadline is None else min(READ_TIMEOUT_S,
+                                                               deadline - loop.time())
+            done, _ = await asyncio.wait({read}, timeout=max(0.0, wait))
+            if done:
+                return read.result()
+            if deadline is not None and loop.time() >= deadline:
+                raise asyncio.TimeoutError
+            if not await self.answers():
+                await self.report(f"no answer within {READ_TIMEOUT_S} s")
+                raise StoreUnavailable(f"the online store (Redis at {self.location}) did not "
+                                       f"answer within {READ_TIMEOUT_S} s")
+            log.debug("a read took over %s s while Redis answers: the server is busy",
+                      READ_TIMEOUT_S)
 
     async def _pipeline(self, prepared: lookup.Prepared) -> list:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -147,14 +192,18 @@ class OnlineStore:
                             pipe.hmget(tiles_key, fields)
             return await pipe.execute()
 
-    async def probe(self, timeout: float = 1.0) -> None:
-        """Ping Redis and report the outcome to health."""
+    async def answers(self) -> bool:
+        """Whether Redis answers a PING within PING_TIMEOUT_S, timed by the
+        kernel on a thread: a busy event loop does not make Redis look down."""
         try:
-            await asyncio.wait_for(self._redis.ping(), timeout)
-        except (*_UNAVAILABLE, RedisError, asyncio.TimeoutError) as e:
-            await self.report(e)
-        else:
-            await self.report(None)
+            await asyncio.get_running_loop().run_in_executor(self._ping_thread, self._pinger.ping)
+        except (RedisError, OSError):
+            return False
+        return True
+
+    async def probe(self) -> None:
+        """Ping Redis and report the outcome to health."""
+        await self.report(None if await self.answers() else "no answer to PING")
 
     async def watch(self, interval: float) -> None:
         """Probe forever, so health follows Redis even while no requests come."""
@@ -181,6 +230,18 @@ class OnlineStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        self._ping_thread.shutdown(wait=False)
+        self._pinger.close()
+
+
+@contextlib.asynccontextmanager
+async def _within(semaphore: asyncio.Semaphore, time_left: float | None):
+    """Hold `semaphore`, waiting at most `time_left` seconds (TimeoutError)."""
+    await asyncio.wait_for(semaphore.acquire(), time_left)
+    try:
+        yield
+    finally:
+        semaphore.release()
 
 
 def _per_view(prepared: lookup.Prepared, replies: list) -> list[tuple[list, list | None]]:
@@ -201,11 +262,17 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
     and maps failures to status codes."""
 
     def __init__(self, manifest: Manifest, store: OnlineStore, clock: Clock = wall_clock_us,
-                 max_entities: int = ServerOptions.max_entities):
+                 max_entities: int = ServerOptions.max_entities,
+                 max_pending_rows: int = ServerOptions.max_pending_rows):
         self._manifest = manifest
         self._store = store
         self._clock = clock
         self._max_entities = max_entities
+        self._max_pending = max_pending_rows
+        self._pending = 0   # entity rows admitted and not yet answered
+        # one thread: merging is CPU work under the GIL, a second would not
+        # add throughput, only contention with the event loop
+        self._merger = ThreadPoolExecutor(1, thread_name_prefix="merge")
 
     async def GetOnlineFeatures(self, request: serving_pb2.GetOnlineFeaturesRequest,
                                 context: grpc.aio.ServicerContext
@@ -214,16 +281,27 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
             prepared = lookup.prepare(self._manifest, request, self._clock())
         except lookup.BadRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        if prepared.rows > self._max_entities:
+        rows = prepared.rows
+        if rows > self._max_entities:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"{prepared.rows} entity rows in one request; this server "
+                                f"{rows} entity rows in one request; this server "
                                 f"takes at most {self._max_entities}: split the request")
-        replies = await self._read(prepared, context)
+        if self._pending and self._pending + rows > self._max_pending:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"this server is busy ({self._pending} entity rows in progress, "
+                                f"at most {self._max_pending}): retry with backoff")
+        self._pending += rows
         try:
-            return lookup.respond(prepared, replies)
+            replies = await self._read(prepared, context)
+            if rows * len(prepared.features) <= INLINE_VALUES:
+                return lookup.respond(prepared, replies)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._merger, lookup.respond, prepared, replies)
         except lookup.CorruptState as e:
             log.error("%s", e)
             await context.abort(grpc.StatusCode.INTERNAL, str(e))
+        finally:
+            self._pending -= rows
 
     async def _read(self, prepared: lookup.Prepared, context: grpc.aio.ServicerContext):
         try:
@@ -238,14 +316,18 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
             log.error("Redis failed a lookup: %s", e)
             await context.abort(grpc.StatusCode.INTERNAL, f"the online store failed: {e}")
 
+    def close(self) -> None:
+        self._merger.shutdown(wait=False)
+
 
 class RunningServer:
     """A started server: where it listens, and how to stop it."""
 
     def __init__(self, server: grpc.aio.Server, host: str, port: int, store: OnlineStore,
-                 health: grpc_health.aio.HealthServicer, watcher: asyncio.Task,
-                 metrics: "_Metrics | None" = None):
+                 servicer: FeatureServicer, health: grpc_health.aio.HealthServicer,
+                 watcher: asyncio.Task, metrics: "_Metrics | None" = None):
         self.port = port
+        self._servicer = servicer
         self.address = _host_port(host, port)
         self.metrics_port = metrics.port if metrics else None
         self._metrics = metrics
@@ -260,6 +342,7 @@ class RunningServer:
         await self._health.enter_graceful_shutdown()
         self._watcher.cancel()
         await self._server.stop(grace)
+        self._servicer.close()
         await self._store.close()
         if self._metrics:
             self._metrics.close()
@@ -269,31 +352,38 @@ class RunningServer:
 
 
 class _Metrics:
-    """A Prometheus registry of one server and the HTTP endpoint that exposes it."""
+    """A Prometheus registry of one server and the HTTP endpoint that exposes
+    it; `port` None: no endpoint (a worker of `serving.workers`, whose
+    parent exports every worker's metrics)."""
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int | None):
         from prometheus_client import CollectorRegistry, start_http_server
 
         self.registry = CollectorRegistry()
         self.interceptor = interceptors.MetricsInterceptor(self.registry)
-        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
-        self.port = self._http.server_port
+        self._http = None
+        if port is not None:
+            self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        self.port = self._http.server_port if self._http else None
 
     def close(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        if self._http:
+            self._http.shutdown()
+            self._http.server_close()
 
 
-def _grpc_server(options: ServerOptions, metrics: _Metrics | None) -> grpc.aio.Server:
+def _grpc_server(options: ServerOptions, metrics: _Metrics | None,
+                 reuse_port: bool) -> grpc.aio.Server:
     chain = []
     if metrics:  # first, so refused calls are counted too
         chain.append(metrics.interceptor)
     if options.api_keys:
         chain.append(interceptors.ApiKeyInterceptor(options.api_keys))
-    # so_reuseport 0: without it Linux lets a second server bind the same
-    # port and steal half the connections.
+    # so_reuseport only for the workers of one `serve --workers N`: otherwise
+    # Linux would let a second server bind the same port and steal half the
+    # connections.
     return grpc.aio.server(interceptors=chain, options=[
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_receive_message_length", options.max_request_bytes)])
 
 
@@ -309,21 +399,27 @@ def _bind(server: grpc.aio.Server, address: str, options: ServerOptions) -> int:
 
 async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.1",
                        port: int = 0, clock: Clock | None = None,
-                       options: ServerOptions | None = None) -> RunningServer:
+                       options: ServerOptions | None = None, *,
+                       worker: bool = False) -> RunningServer:
     """Start serving `manifest` from the Redis at `redis_url` on `host:port`
     (port 0: any free port, see `.port`). `clock` returns "now" in epoch
     microseconds (default: the wall clock); windows end and ttls count back
     from it. Raises ValueError when the manifest has features this server
     cannot serve. Redis may be down at start: health says NOT_SERVING, lookups
-    get UNAVAILABLE, and both recover when Redis answers."""
+    get UNAVAILABLE, and both recover when Redis answers. `worker`: one of
+    the processes of `serving.workers` sharing the port (SO_REUSEPORT), its
+    metrics exported by the parent."""
     lookup.check_manifest(manifest)
     options = options or ServerOptions()
     health = grpc_health.aio.HealthServicer()
-    store = OnlineStore(manifest.project, redis_url, health)
-    metrics = _Metrics(host, options.metrics_port) if options.metrics_port is not None else None
-    server = _grpc_server(options, metrics)
-    serving_pb2_grpc.add_ServingServiceServicer_to_server(
-        FeatureServicer(manifest, store, clock or wall_clock_us, options.max_entities), server)
+    store = OnlineStore(manifest.project, redis_url, health, options.redis_connections)
+    metrics = None
+    if options.metrics_port is not None:
+        metrics = _Metrics(host, None if worker else options.metrics_port)
+    server = _grpc_server(options, metrics, reuse_port=worker)
+    servicer = FeatureServicer(manifest, store, clock or wall_clock_us, options.max_entities,
+                               options.max_pending_rows)
+    serving_pb2_grpc.add_ServingServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, grpc_health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -337,31 +433,54 @@ async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.
             metrics.close()
         raise
     watcher = asyncio.create_task(store.watch(PROBE_INTERVAL_S))
-    return RunningServer(server, host, bound, store, health, watcher, metrics)
+    return RunningServer(server, host, bound, store, servicer, health, watcher, metrics)
 
 
 def serve(manifest_path: str | Path, redis_url: str, host: str = "127.0.0.1",
-          port: int = DEFAULT_PORT, options: ServerOptions | None = None) -> None:
-    """Serve the manifest at `manifest_path` until SIGINT or SIGTERM (blocking)."""
+          port: int = DEFAULT_PORT, options: ServerOptions | None = None,
+          workers: int = 1) -> None:
+    """Serve the manifest at `manifest_path` until SIGINT or SIGTERM (blocking),
+    in this process (`workers` 1) or in `workers` processes sharing the port
+    (`serving.workers`)."""
+    _configure_logging()
+    options = options or ServerOptions()
+    if workers > 1:
+        from serving import workers as pool
+        pool.serve(str(manifest_path), redis_url, host, port, options, workers)
+        return
+    asyncio.run(serve_until_signalled(Manifest.load(manifest_path), redis_url, host, port,
+                                      options))
+
+
+def _configure_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_serve_until_signalled(Manifest.load(manifest_path), redis_url, host, port,
-                                       options or ServerOptions()))
 
 
-async def _serve_until_signalled(manifest: Manifest, redis_url: str, host: str, port: int,
-                                 options: ServerOptions) -> None:
-    running = await start_server(manifest, redis_url, host, port, options=options)
+async def serve_until_signalled(manifest: Manifest, redis_url: str, host: str, port: int,
+                                options: ServerOptions, worker: str | None = None,
+                                on_ready: Callable[[], object] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then stop gracefully. `worker` names
+    the process when it is one of several sharing the port; `on_ready` is
+    called once it serves."""
+    # Switch threads every ms (not 5): a thread merging a large request then
+    # hands the event loop the GIL soon enough for small requests' latency.
+    sys.setswitchinterval(0.001)
+    running = await start_server(manifest, redis_url, host, port, options=options,
+                                 worker=worker is not None)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    log.info("serving project %r (%d views, %d services) on %s%s from Redis at %s%s%s",
-             manifest.project, len(manifest.views), len(manifest.services), running.address,
-             " (TLS)" if options.tls_cert else "", _without_credentials(redis_url),
+    log.info("%sserving project %r (%d views, %d services) on %s%s from Redis at %s%s%s",
+             f"{worker}: " if worker else "", manifest.project, len(manifest.views),
+             len(manifest.services), running.address, " (TLS)" if options.tls_cert else "",
+             _without_credentials(redis_url),
              f"; metrics on :{running.metrics_port}/metrics" if running.metrics_port else "",
              "; API keys required" if options.api_keys else "")
+    if on_ready:
+        on_ready()
     try:
         await stopping.wait()
     finally:
@@ -383,8 +502,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--redis", required=True, help="Redis URL, e.g. redis://localhost:6379/0")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--workers", type=int, default=1, help="server processes on the port")
+    parser.add_argument("--metrics-port", type=int, help="expose Prometheus /metrics on this port")
     args = parser.parse_args(argv)
-    serve(args.manifest, args.redis, args.host, args.port)
+    try:
+        serve(args.manifest, args.redis, args.host, args.port,
+              ServerOptions(metrics_port=args.metrics_port), args.workers)
+    except OSError as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

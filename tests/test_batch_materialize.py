@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from featurestore import bulk_redis, layout, materialize as mat
+from featurestore import bulk_redis, layout, materialize as mat, windows
 from featurestore.materialize import materialize, plan_run
 from tests import differential as d
 
@@ -103,7 +103,8 @@ def test_watermark_moves_only_over_contiguous_runs():
     run = plan_run(view, None, E2, True, E1)
     assert (run.mode, run.start_us, run.watermark) == ("incremental", E1 + 1, E2)
     assert run.tiles_from == E1 - E1 % d.HOUR   # the tile of E1 and its hour rollup, whole
-    assert run.prune == (E1 - E1 % d.TILE - d.DAY, E2 - E2 % d.TILE - d.DAY)
+    kept = d.DAY + windows.AS_OF_HORIZON_US   # the longest window, and as_of's horizon
+    assert run.prune == (E1 - E1 % d.TILE - kept, E2 - E2 % d.TILE - kept)
     assert plan_run(view, E1 + d.HOUR, E2, False, E1).watermark == E1  # a gap: unchanged
     assert plan_run(view, E1 - d.HOUR, E2, False, E1).watermark == E2
     assert plan_run(view, E1 - d.HOUR, E1 - 1, False, E2).watermark == E2  # a backfill
@@ -122,9 +123,9 @@ def test_keys_expire_with_ttl_and_retention(tmp_path, redis_url, events):
     for key in r.keys(f"{layout.PREFIX}:{d.PROJECT}:buys:{fp}:*:t"):
         starts = [layout.parse_tile_field(f)[1] for f in r.hkeys(key)]
         newest = max(starts)
-        left = newest + d.DAY + 2 * d.TILE - E2
+        left = newest + d.DAY + windows.AS_OF_HORIZON_US + 2 * d.TILE - E2
         assert left // 1000 - 5000 <= r.pttl(key) <= left // 1000
-        assert min(starts) >= E2 - E2 % d.TILE - d.DAY
+        assert min(starts) >= E2 - E2 % d.TILE - d.DAY - windows.AS_OF_HORIZON_US
         checked += 1
     shops = r.keys(f"{layout.PREFIX}:{d.PROJECT}:shops:*")  # no ttl: kept
     assert checked >= 20 and shops and all(r.pttl(k) == -1 for k in shops)

@@ -48,7 +48,7 @@ def test_materialized_tiles_are_the_python_encoding_of_python_states(tmp_path, r
     materialize(d.PLAN, tmp_path, d.PROJECT, redis_url, end_us=end)
     r = redis.Redis.from_url(redis_url)
     for view, view_ref in ((d.BUYS, d.REF_BUYS), (d.SHOP_VIEW, d.REF_SHOPS)):
-        lower = None if view.ttl_us is None else end - end % view.tile_us - view.ttl_us
+        lower = windows.window_start(end, view.tile_us, windows.history_us(view))
         want = _python_tiles(view, view_ref, events, end, lower)
         got = {}
         for key in {k for k, _ in want}:

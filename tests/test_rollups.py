@@ -170,7 +170,7 @@ def test_every_rollup_is_the_merge_of_its_tiles(tmp_path, redis_url, events):
     materialize(PLAN, tmp_path, d.PROJECT, redis_url, end_us=TIMES[0])
     aggregations = [lookup.tile_aggregation(f) for f in
                     manifest_from_plan(PLAN, d.PROJECT).views["long"].aggregations]
-    rollups, lower = 0, windows.window_start(TIMES[0], TILE, 3 * DAY)
+    rollups, lower = 0, windows.window_start(TIMES[0], TILE, windows.history_us(VIEW))
     for raw in _hashes(redis_url).values():
         parsed = {layout.parse_tile_field(f): layout.decode_tile(v) for f, v in raw.items()}
         fine = {s: v for (size, s), v in parsed.items() if size is None}

@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18serving/v1/serving.proto\x12\x17\x66\x65\x61turestore.serving.v1\"\x1b\n\tInt64List\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1c\n\nDoubleList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x1a\n\x08\x42oolList\x12\x0e\n\x06values\x18\x01 \x03(\x08\"\x1f\n\rTimestampList\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1b\n\tFloatList\x12\x0e\n\x06values\x18\x01 \x03(\x02\"S\n\nListColumn\x12\x34\n\x08\x65lements\x18\x01 \x01(\x0b\x32\".featurestore.serving.v1.ValueList\x12\x0f\n\x07lengths\x18\x02 \x03(\x05\"\xb5\x03\n\tValueList\x12\x38\n\nint64_list\x18\x01 \x01(\x0b\x32\".featurestore.serving.v1.Int64ListH\x00\x12:\n\x0b\x64ouble_list\x18\x02 \x01(\x0b\x32#.featurestore.serving.v1.DoubleListH\x00\x12:\n\x0bstring_list\x18\x03 \x01(\x0b\x32#.featurestore.serving.v1.StringListH\x00\x12\x36\n\tbool_list\x18\x04 \x01(\x0b\x32!.featurestore.serving.v1.BoolListH\x00\x12@\n\x0etimestamp_list\x18\x05 \x01(\x0b\x32&.featurestore.serving.v1.TimestampListH\x00\x12\x38\n\nfloat_list\x18\x06 \x01(\x0b\x32\".featurestore.serving.v1.FloatListH\x00\x12:\n\x0blist_column\x18\x07 \x01(\x0b\x32#.featurestore.serving.v1.ListColumnH\x00\x42\x06\n\x04kind\"\x1f\n\x0b\x46\x65\x61tureList\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\t\"\xbb\x02\n\x18GetOnlineFeaturesRequest\x12\x19\n\x0f\x66\x65\x61ture_service\x18\x01 \x01(\tH\x00\x12\x38\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32$.featurestore.serving.v1.FeatureListH\x00\x12Q\n\x08\x65ntities\x18\x03 \x03(\x0b\x32?.featurestore.serving.v1.GetOnlineFeaturesRequest.EntitiesEntry\x12\x1a\n\x12\x66ull_feature_names\x18\x04 \x01(\x08\x1aS\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".featurestore.serving.v1.ValueList:\x02\x38\x01\x42\x06\n\x04kind\"\x95\x01\n\rFeatureVector\x12\x32\n\x06values\x18\x01 \x01(\x0b\x32\".featurestore.serving.v1.ValueList\x12\x36\n\x08statuses\x18\x02 \x03(\x0e\x32$.featurestore.serving.v1.FieldStatus\x12\x18\n\x10\x65vent_timestamps\x18\x03 \x03(\x03\"s\n!GetOnlineFeaturesResponseMetadata\x12;\n\rfeature_names\x18\x01 \x01(\x0b\x32$.featurestore.serving.v1.FeatureList\x12\x11\n\tserved_at\x18\x02 \x01(\x03\"\xa2\x01\n\x19GetOnlineFeaturesResponse\x12L\n\x08metadata\x18\x01 \x01(\x0b\x32:.featurestore.serving.v1.GetOnlineFeaturesResponseMetadata\x12\x37\n\x07results\x18\x02 \x03(\x0b\x32&.featurestore.serving.v1.FeatureVector*[\n\x0b\x46ieldStatus\x12\x0b\n\x07INVALID\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\x0e\n\nNULL_VALUE\x10\x02\x12\r\n\tNOT_FOUND\x10\x03\x12\x13\n\x0fOUTSIDE_MAX_AGE\x10\x04\x32\x8c\x01\n\x0eServingService\x12z\n\x11GetOnlineFeatures\x12\x31.featurestore.serving.v1.GetOnlineFeaturesRequest\x1a\x32.featurestore.serving.v1.GetOnlineFeaturesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18serving/v1/serving.proto\x12\x17\x66\x65\x61turestore.serving.v1\"\x1b\n\tInt64List\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1c\n\nDoubleList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x1a\n\x08\x42oolList\x12\x0e\n\x06values\x18\x01 \x03(\x08\"\x1f\n\rTimestampList\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1b\n\tFloatList\x12\x0e\n\x06values\x18\x01 \x03(\x02\"S\n\nListColumn\x12\x34\n\x08\x65lements\x18\x01 \x01(\x0b\x32\".featurestore.serving.v1.ValueList\x12\x0f\n\x07lengths\x18\x02 \x03(\x05\"\xb5\x03\n\tValueList\x12\x38\n\nint64_list\x18\x01 \x01(\x0b\x32\".featurestore.serving.v1.Int64ListH\x00\x12:\n\x0b\x64ouble_list\x18\x02 \x01(\x0b\x32#.featurestore.serving.v1.DoubleListH\x00\x12:\n\x0bstring_list\x18\x03 \x01(\x0b\x32#.featurestore.serving.v1.StringListH\x00\x12\x36\n\tbool_list\x18\x04 \x01(\x0b\x32!.featurestore.serving.v1.BoolListH\x00\x12@\n\x0etimestamp_list\x18\x05 \x01(\x0b\x32&.featurestore.serving.v1.TimestampListH\x00\x12\x38\n\nfloat_list\x18\x06 \x01(\x0b\x32\".featurestore.serving.v1.FloatListH\x00\x12:\n\x0blist_column\x18\x07 \x01(\x0b\x32#.featurestore.serving.v1.ListColumnH\x00\x42\x06\n\x04kind\"\x1f\n\x0b\x46\x65\x61tureList\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\t\"\xd9\x02\n\x18GetOnlineFeaturesRequest\x12\x19\n\x0f\x66\x65\x61ture_service\x18\x01 \x01(\tH\x00\x12\x38\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32$.featurestore.serving.v1.FeatureListH\x00\x12Q\n\x08\x65ntities\x18\x03 \x03(\x0b\x32?.featurestore.serving.v1.GetOnlineFeaturesRequest.EntitiesEntry\x12\x1a\n\x12\x66ull_feature_names\x18\x04 \x01(\x08\x12\x12\n\x05\x61s_of\x18\x05 \x01(\x03H\x01\x88\x01\x01\x1aS\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".featurestore.serving.v1.ValueList:\x02\x38\x01\x42\x06\n\x04kindB\x08\n\x06_as_of\"\x95\x01\n\rFeatureVector\x12\x32\n\x06values\x18\x01 \x01(\x0b\x32\".featurestore.serving.v1.ValueList\x12\x36\n\x08statuses\x18\x02 \x03(\x0e\x32$.featurestore.serving.v1.FieldStatus\x12\x18\n\x10\x65vent_timestamps\x18\x03 \x03(\x03\"@\n\rViewFreshness\x12\x0c\n\x04view\x18\x01 \x01(\t\x12\x14\n\x0cnewest_event\x18\x02 \x01(\x03\x12\x0b\n\x03\x61ge\x18\x03 \x01(\x03\"\xae\x01\n!GetOnlineFeaturesResponseMetadata\x12;\n\rfeature_names\x18\x01 \x01(\x0b\x32$.featurestore.serving.v1.FeatureList\x12\x11\n\tserved_at\x18\x02 \x01(\x03\x12\x39\n\tfreshness\x18\x03 \x03(\x0b\x32&.featurestore.serving.v1.ViewFreshness\"\xa2\x01\n\x19GetOnlineFeaturesResponse\x12L\n\x08metadata\x18\x01 \x01(\x0b\x32:.featurestore.serving.v1.GetOnlineFeaturesResponseMetadata\x12\x37\n\x07results\x18\x02 \x03(\x0b\x32&.featurestore.serving.v1.FeatureVector*[\n\x0b\x46ieldStatus\x12\x0b\n\x07INVALID\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\x0e\n\nNULL_VALUE\x10\x02\x12\r\n\tNOT_FOUND\x10\x03\x12\x13\n\x0fOUTSIDE_MAX_AGE\x10\x04\x32\x8c\x01\n\x0eServingService\x12z\n\x11GetOnlineFeatures\x12\x31.featurestore.serving.v1.GetOnlineFeaturesRequest\x1a\x32.featurestore.serving.v1.GetOnlineFeaturesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -23,8 +23,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._loaded_options = None
   _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._serialized_options = b'8\001'
-  _globals['_FIELDSTATUS']._serialized_start=1542
-  _globals['_FIELDSTATUS']._serialized_end=1633
+  _globals['_FIELDSTATUS']._serialized_start=1698
+  _globals['_FIELDSTATUS']._serialized_end=1789
   _globals['_INT64LIST']._serialized_start=53
   _globals['_INT64LIST']._serialized_end=80
   _globals['_DOUBLELIST']._serialized_start=82
@@ -44,15 +44,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATURELIST']._serialized_start=757
   _globals['_FEATURELIST']._serialized_end=788
   _globals['_GETONLINEFEATURESREQUEST']._serialized_start=791
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=1106
-  _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._serialized_start=1015
-  _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._serialized_end=1098
-  _globals['_FEATUREVECTOR']._serialized_start=1109
-  _globals['_FEATUREVECTOR']._serialized_end=1258
-  _globals['_GETONLINEFEATURESRESPONSEMETADATA']._serialized_start=1260
-  _globals['_GETONLINEFEATURESRESPONSEMETADATA']._serialized_end=1375
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=1378
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=1540
-  _globals['_SERVINGSERVICE']._serialized_start=1636
-  _globals['_SERVINGSERVICE']._serialized_end=1776
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=1136
+  _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._serialized_start=1035
+  _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._serialized_end=1118
+  _globals['_FEATUREVECTOR']._serialized_start=1139
+  _globals['_FEATUREVECTOR']._serialized_end=1288
+  _globals['_VIEWFRESHNESS']._serialized_start=1290
+  _globals['_VIEWFRESHNESS']._serialized_end=1354
+  _globals['_GETONLINEFEATURESRESPONSEMETADATA']._serialized_start=1357
+  _globals['_GETONLINEFEATURESRESPONSEMETADATA']._serialized_end=1531
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=1534
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=1696
+  _globals['_SERVINGSERVICE']._serialized_start=1792
+  _globals['_SERVINGSERVICE']._serialized_end=1932
 # @@protoc_insertion_point(module_scope)

@@ -88,7 +88,7 @@ class FeatureList(_message.Message):
     def __init__(self, features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetOnlineFeaturesRequest(_message.Message):
-    __slots__ = ("feature_service", "features", "entities", "full_feature_names")
+    __slots__ = ("feature_service", "features", "entities", "full_feature_names", "as_of")
     class EntitiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,11 +100,13 @@ class GetOnlineFeaturesRequest(_message.Message):
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     ENTITIES_FIELD_NUMBER: _ClassVar[int]
     FULL_FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
     feature_service: str
     features: FeatureList
     entities: _containers.MessageMap[str, ValueList]
     full_feature_names: bool
-    def __init__(self, feature_service: _Optional[str] = ..., features: _Optional[_Union[FeatureList, _Mapping]] = ..., entities: _Optional[_Mapping[str, ValueList]] = ..., full_feature_names: bool = ...) -> None: ...
+    as_of: int
+    def __init__(self, feature_service: _Optional[str] = ..., features: _Optional[_Union[FeatureList, _Mapping]] = ..., entities: _Optional[_Mapping[str, ValueList]] = ..., full_feature_names: bool = ..., as_of: _Optional[int] = ...) -> None: ...
 
 class FeatureVector(_message.Message):
     __slots__ = ("values", "statuses", "event_timestamps")
@@ -116,13 +118,25 @@ class FeatureVector(_message.Message):
     event_timestamps: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, values: _Optional[_Union[ValueList, _Mapping]] = ..., statuses: _Optional[_Iterable[_Union[FieldStatus, str]]] = ..., event_timestamps: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class ViewFreshness(_message.Message):
+    __slots__ = ("view", "newest_event", "age")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_EVENT_FIELD_NUMBER: _ClassVar[int]
+    AGE_FIELD_NUMBER: _ClassVar[int]
+    view: str
+    newest_event: int
+    age: int
+    def __init__(self, view: _Optional[str] = ..., newest_event: _Optional[int] = ..., age: _Optional[int] = ...) -> None: ...
+
 class GetOnlineFeaturesResponseMetadata(_message.Message):
-    __slots__ = ("feature_names", "served_at")
+    __slots__ = ("feature_names", "served_at", "freshness")
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     SERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    FRESHNESS_FIELD_NUMBER: _ClassVar[int]
     feature_names: FeatureList
     served_at: int
-    def __init__(self, feature_names: _Optional[_Union[FeatureList, _Mapping]] = ..., served_at: _Optional[int] = ...) -> None: ...
+    freshness: _containers.RepeatedCompositeFieldContainer[ViewFreshness]
+    def __init__(self, feature_names: _Optional[_Union[FeatureList, _Mapping]] = ..., served_at: _Optional[int] = ..., freshness: _Optional[_Iterable[_Union[ViewFreshness, _Mapping]]] = ...) -> None: ...
 
 class GetOnlineFeaturesResponse(_message.Message):
     __slots__ = ("metadata", "results")
