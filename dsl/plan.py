@@ -181,6 +181,21 @@ class View:
                 return f.type
         raise KeyError(name)
 
+    def state_slots(self) -> tuple[int, ...]:
+        """Per aggregation, the position of its state in a tile: aggregations
+        that differ only in their window (`sum(x) over 1h, 1d`) share one
+        state, stored once (featurestore.layout)."""
+        first: dict[tuple, int] = {}
+        return tuple(first.setdefault((a.function, a.arg, a.where), len(first))
+                     for a in self.aggregations)
+
+    def state_owners(self) -> tuple[int, ...]:
+        """Per slot of `state_slots`, the first aggregation that fills it."""
+        owners: dict[int, int] = {}
+        for k, slot in enumerate(self.state_slots()):
+            owners.setdefault(slot, k)
+        return tuple(owners.values())
+
     def fingerprint(self) -> str:
         """Short hash of everything that decides stored values; it is part of
         every Redis key, so a changed definition never reads stale state."""

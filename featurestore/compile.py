@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from dsl.plan import Aggregation, Plan, View, format_duration
-from featurestore import layout, tiles
+from featurestore import layout, tiles, windows
 from featurestore.backends import duckdb_sql
 
 MARKER = ".featurestore-compile"   # marks a folder as ours to clear and rewrite
@@ -164,9 +164,16 @@ def redis_layout(plan: Plan, project: str) -> str:
             lines += [f"  {layout.row_key(*args).decode()}",
                       f"    latest row, JSON [event_ts_us, {values}]"]
         if v.aggregations:
-            states = ", ".join(f"{a.name}: {_state(a)}" for a in v.aggregations)
+            slots = v.state_slots()
+            states = ", ".join(
+                "/".join(a.name for a, s in zip(v.aggregations, slots) if s == slot)
+                + f": {_state(v.aggregations[k])}" for slot, k in enumerate(v.state_owners()))
+            sizes = windows.levels(v)
             lines += [f"  {layout.tiles_key(*args).decode()}",
                       f"    hash: tile start (epoch µs) -> JSON [{states}]"]
+            if len(sizes) > 1:
+                lines.append(f"    and rollups of {', '.join(map(format_duration, sizes[1:]))}: "
+                             "'<size µs>:<start µs>' -> the same JSON, merged")
         lines.append("")
     return "\n".join(lines)
 

@@ -29,8 +29,10 @@ Values:
 * tiles hash field = tile start in epoch microseconds (decimal ASCII) for a
   tile of the view's own size, `<size>:<start>` (both in microseconds) for a
   rollup tile of a larger size (`featurestore.windows.levels`); value = compact
-  JSON list of partial states, one per aggregation in view order (see
-  `featurestore.tiles`). A rollup holds the merged states of the tiles inside
+  JSON list of partial states (see `featurestore.tiles`), one per slot: the
+  view's aggregations in order, those that differ only in their window
+  (`sum(x) over 1h, 1d`) sharing the slot of the first (`View.state_slots`,
+  the manifest's `state`). A rollup holds the merged states of the tiles inside
   it; both engines write them, whole, as they write tiles.
 * watermark `{"end_us": E}`: batch materialization has written every event
   with ts <= E (`featurestore materialize --incremental` continues after E).

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2   # 2: aggregations name their state's slot in a tile (layout v3)
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,9 @@ class FeatureSpec:
     window_us: int | None      # aggregation window; None means the view's ttl
     input_type: str | None = None  # an aggregation's argument type (None for count()):
                                    # it decides the tile state (featurestore.tiles)
+    state: int | None = None       # an aggregation's slot in a tile: aggregations that
+                                   # differ only in their window share one state (None:
+                                   # its own slot, its position among the aggregations)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,17 @@ class ViewSpec:
     def features(self) -> tuple[FeatureSpec, ...]:
         return (*self.row_features, *self.aggregations)
 
+    def slot(self, aggregation: FeatureSpec) -> int:
+        """The position of an aggregation's state in the view's tiles."""
+        if aggregation.state is not None:
+            return aggregation.state
+        return next(i for i, f in enumerate(self.aggregations) if f.name == aggregation.name)
+
+    @property
+    def states(self) -> int:
+        """The number of states in each of the view's tiles."""
+        return 1 + max((self.slot(f) for f in self.aggregations), default=-1)
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -58,6 +72,8 @@ class Manifest:
                    "window_us": f.window_us}
             if f.input_type is not None:
                 doc["input_type"] = f.input_type
+            if f.state is not None:
+                doc["state"] = f.state
             return doc
 
         doc = {
@@ -83,7 +99,7 @@ class Manifest:
 
         def fs(d: dict) -> FeatureSpec:
             return FeatureSpec(d["name"], d["type"], d["function"], d["window_us"],
-                               d.get("input_type"))
+                               d.get("input_type"), d.get("state"))
 
         views = {
             n: ViewSpec(n, v["entity"], tuple(tuple(k) for k in v["keys"]), v["fingerprint"],

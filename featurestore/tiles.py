@@ -80,12 +80,10 @@ Values (`Aggregation.value`, the one finalizer of the server and the export):
                             NaN when any input was out of range
     min, max, first, last   the value; null over no inputs
 
-Window at time t with tile size T and window W (DESIGN.md, the sawtooth):
-tiles whose start s satisfies floor(t, T) - W <= s <= t.
+Which tiles a window at time t reads is `featurestore.windows`' to say.
 """
 from __future__ import annotations
 
-import bisect
 import functools
 import math
 from dataclasses import dataclass
@@ -401,21 +399,3 @@ def aggregation(function: str, input_type: str | None) -> Aggregation:
     if specs is None:
         raise ValueError(f"aggregation {function}({input_type or ''}) has no tile state")
     return Aggregation(function, input_type, _columns(*specs), finalize)
-
-
-# ------------------------------------------------------------- windows
-def window_start(t_us: int, tile_us: int, window_us: int | None) -> int | None:
-    """Lowest tile start inside the window at t; None means unbounded."""
-    if window_us is None:
-        return None
-    return (t_us // tile_us) * tile_us - window_us
-
-
-def in_window(tile_start_us: int, t_us: int, lower_us: int | None) -> bool:
-    return tile_start_us <= t_us and (lower_us is None or tile_start_us >= lower_us)
-
-
-def window_slice(starts: Sequence[int], t_us: int, lower_us: int | None) -> slice:
-    """The tiles of ascending `starts` inside the window [lower_us, t_us]."""
-    lo = 0 if lower_us is None else bisect.bisect_left(starts, lower_us)
-    return slice(lo, bisect.bisect_right(starts, t_us))

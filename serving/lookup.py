@@ -44,9 +44,6 @@ def value_kind(type_: str) -> str | None:
         return "list_column" if type_[5:-1] in ELEMENT_KINDS else None
     return VALUE_KINDS.get(type_)
 
-_LIST_TYPES = {"int64_list": pb.Int64List, "double_list": pb.DoubleList,
-               "string_list": pb.StringList, "bool_list": pb.BoolList,
-               "timestamp_list": pb.TimestampList, "float_list": pb.FloatList}
 _DTYPES = {"int64_list": np.int64, "double_list": np.float64, "bool_list": np.bool_,
            "timestamp_list": np.int64, "float_list": np.float32}
 _ZEROS = {"int64_list": 0, "double_list": 0.0, "string_list": "", "bool_list": False,
@@ -70,7 +67,7 @@ class Feature:
     ref: str       # "view:feature"
     view: ViewSpec
     spec: FeatureSpec
-    index: int     # position among the view's row features, or its aggregations
+    index: int     # position among the view's row values, or its state's slot in a tile
     kind: str      # ValueList field
 
 
@@ -135,6 +132,7 @@ def check_manifest(manifest: Manifest) -> None:
                 tile_aggregation(f)
             except ValueError as e:
                 problems.append(f"feature '{view.name}:{f.name}': {e}")
+
     for service, refs in manifest.services.items():
         for view_name, feature in refs:
             named = manifest.views.get(view_name)
@@ -145,28 +143,71 @@ def check_manifest(manifest: Manifest) -> None:
         raise ValueError("the manifest cannot be served:\n  " + "\n  ".join(problems))
 
 
-def prepare(manifest: Manifest, request: pb.GetOnlineFeaturesRequest,
-            now_us: int) -> Prepared:
-    """Validate `request` against `manifest` for a lookup at `now_us`; raise
-    BadRequest naming the problem."""
+@dataclass(frozen=True)
+class _Shape:
+    """What a request asks for, apart from its entities and time: the same
+    for every request naming the same features, so it is resolved once."""
+    features: tuple[Feature, ...]
+    views: tuple[tuple[ViewSpec, tuple[Feature, ...], tuple[Feature, ...],
+                       tuple[int | None, ...]], ...]   # view, rows, aggregations, reaches
+    key_kinds: dict[str, str]
+    grouped: dict[str, tuple[ViewSpec, list[Feature]]]
+
+
+class Resolver:
+    """Resolves requests against one manifest, remembering the shapes of the
+    requests it has seen (model servers send the same few, again and again)."""
+
+    MAX_SHAPES = 1024
+
+    def __init__(self, manifest: Manifest):
+        self.manifest = manifest
+        self._shapes: dict[tuple, _Shape] = {}
+
+    def shape(self, request: pb.GetOnlineFeaturesRequest) -> _Shape:
+        kind = request.WhichOneof("kind")
+        named = (request.feature_service if kind == "feature_service" else
+                 tuple(request.features.features) if kind == "features" else None)
+        key = (kind, named, request.full_feature_names)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = _resolve_shape(self.manifest, request)
+            if len(self._shapes) >= self.MAX_SHAPES:
+                self._shapes.clear()
+            self._shapes[key] = shape
+        return shape
+
+
+def _resolve_shape(manifest: Manifest, request: pb.GetOnlineFeaturesRequest) -> _Shape:
     refs = _requested(manifest, request)
     features = _name_features(refs, request.full_feature_names)
-    views = _group_by_view(features)
-    key_kinds = _key_kinds(views)
+    grouped = _group_by_view(features)
+    key_kinds = _key_kinds(grouped)
     _check_names(features, key_kinds)
-    columns, rows = _entity_columns(key_kinds, views, request.entities)
+    views = []
+    for view, fs in grouped.values():
+        aggs = tuple(f for f in fs if f.spec.function is not None)
+        views.append((view, tuple(f for f in fs if f.spec.function is None), aggs,
+                      tuple(windows.reach_us(view, f.spec) for f in aggs)))
+    return _Shape(tuple(features), tuple(views), key_kinds, grouped)
+
+
+def prepare(manifest: Manifest | Resolver, request: pb.GetOnlineFeaturesRequest,
+            now_us: int) -> Prepared:
+    """Validate `request` against `manifest` (or a Resolver of it) for a
+    lookup at `now_us`; raise BadRequest naming the problem."""
+    resolver = manifest if isinstance(manifest, Resolver) else Resolver(manifest)
+    shape = resolver.shape(request)
+    columns, rows = _entity_columns(shape.key_kinds, shape.grouped, request.entities)
     as_of = request.HasField("as_of")
     if as_of:
-        now_us = _as_of_instant(request.as_of, now_us, views)
+        now_us = _as_of_instant(request.as_of, now_us, shape.grouped)
     lookups = []
-    for view, fs in views.values():
-        aggs = tuple(f for f in fs if f.spec.function is not None)
-        read = _tile_read(view, tuple(windows.reach_us(view, f.spec) for f in aggs),
-                          now_us - now_us % view.tile_us) if aggs else None
-        lookups.append(ViewLookup(view, tuple(f for f in fs if f.spec.function is None), aggs,
-                                  _encode_keys(view, columns), read))
-    return Prepared(tuple(features), tuple(lookups), tuple(key_kinds), request.entities, rows,
-                    now_us, as_of)
+    for view, row_features, aggs, reaches in shape.views:
+        read = _tile_read(view, reaches, now_us - now_us % view.tile_us) if aggs else None
+        lookups.append(ViewLookup(view, row_features, aggs, _encode_keys(view, columns), read))
+    return Prepared(shape.features, tuple(lookups), tuple(shape.key_kinds), request.entities,
+                    rows, now_us, as_of)
 
 
 def _as_of_instant(as_of: int, now_us: int, views) -> int:
@@ -263,8 +304,10 @@ def _name_features(refs, full_names: bool) -> list[Feature]:
         if ref in seen:
             raise BadRequest(f"feature {ref!r} is requested twice")
         seen.add(ref)
-        family = view.row_features if spec.function is None else view.aggregations
-        index = next(i for i, f in enumerate(family) if f.name == spec.name)
+        if spec.function is None:   # position among the row's values
+            index = next(i for i, f in enumerate(view.row_features) if f.name == spec.name)
+        else:                       # the slot of its state in a tile
+            index = view.slot(spec)
         name = f"{view.name}__{spec.name}" if full_names else spec.name
         features.append(Feature(name, ref, view, spec, index, value_kind(spec.type)))
     return features
@@ -346,30 +389,30 @@ def respond(prepared: Prepared, replies: Replies) -> pb.GetOnlineFeaturesRespons
     the row GETs, and the tiles (None when the view needs no tiles): per
     entity the values of `lookup.tiles.fields`, or the whole hash when
     `fields` is None."""
-    columns: dict[str, pb.FeatureVector] = {}
     now_us = prepared.now_us
     response = pb.GetOnlineFeaturesResponse()
     response.metadata.served_at = now_us
-    for lookup, (rows, tile_replies) in zip(prepared.views, replies, strict=True):
-        view_columns, newest = _view_columns(lookup, rows, tile_replies, now_us, prepared.as_of)
-        columns.update(view_columns)
-        response.metadata.freshness.add(view=lookup.view.name, newest_event=newest,
-                                        age=now_us - newest if newest else 0)
     names = response.metadata.feature_names.features
     present, unknown = [pb.PRESENT] * prepared.rows, [0] * prepared.rows
     for key in prepared.entity_names:
         names.append(key)
         response.results.add(values=prepared.entities[key], statuses=present,
                              event_timestamps=unknown)
+    columns: dict[str, pb.FeatureVector] = {}   # filled in place: no copies
     for f in prepared.features:
         names.append(f.name)
-        response.results.append(columns[f.ref])
+        columns[f.ref] = response.results.add()
+    for lookup, (rows, tile_replies) in zip(prepared.views, replies, strict=True):
+        newest = _view_columns(lookup, rows, tile_replies, now_us, prepared.as_of, columns)
+        response.metadata.freshness.add(view=lookup.view.name, newest_event=newest,
+                                        age=now_us - newest if newest else 0)
     return response
 
 
-def _view_columns(lookup: ViewLookup, rows, tile_hashes, now_us: int,
-                  as_of: bool) -> tuple[dict[str, pb.FeatureVector], int]:
-    """The view's columns, and the newest event time behind them (0: none).
+def _view_columns(lookup: ViewLookup, rows, tile_hashes, now_us: int, as_of: bool,
+                  columns: Mapping[str, pb.FeatureVector]) -> int:
+    """Fill the view's columns (`columns` by ref); return the newest event
+    time behind them (0: none).
     `rows`: per entity the GET of its row, or, for a view without row
     features, whether its tiles hash EXISTS (a window with no rows in it is
     then still known: 0 for a count, not NOT_FOUND)."""
@@ -380,21 +423,19 @@ def _view_columns(lookup: ViewLookup, rows, tile_hashes, now_us: int,
         found = np.zeros(len(rows), np.bool_)
         known = np.fromiter(map(bool, rows), np.bool_, len(rows))
     row_ts, values = _decode_rows(lookup, rows, found)
-    columns, newest = {}, 0
+    newest = 0
     if lookup.row_features:
         held = found & (row_ts <= now_us) if as_of else found   # as_of: rows after it unknown
         ttl = lookup.view.ttl_us
         expired = held & (row_ts <= now_us - ttl) if ttl is not None else None
+        statuses = _statuses(values, held, expired)   # every row feature at once
+        times = np.where(held, row_ts, 0).tolist()
         for f in lookup.row_features:
-            column = values[:, f.index]
-            columns[f.ref] = _vector(f, column, _statuses(column, held, expired),
-                                     np.where(held, row_ts, 0))
+            _vector(f, values[:, f.index], statuses[:, f.index], times, columns[f.ref])
         newest = int(row_ts[held].max(initial=0))
     if lookup.aggregations:
-        aggregated, latest = _aggregation_columns(lookup, known, tile_hashes, now_us)
-        columns.update(aggregated)
-        newest = max(newest, latest)
-    return columns, newest
+        newest = max(newest, _aggregation_columns(lookup, known, tile_hashes, now_us, columns))
+    return newest
 
 
 def _decode_rows(lookup: ViewLookup, rows, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -429,11 +470,12 @@ def tile_aggregation(spec: FeatureSpec) -> tiles.Aggregation:
     return tiles.aggregation(spec.function, input_type)
 
 
-def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, replies,
-                         now_us: int) -> tuple[dict[str, pb.FeatureVector], int]:
-    """The window aggregations of every entity, from its tiles: `replies` per
-    entity are the values of `lookup.tiles.fields` (HMGET), or the whole hash
-    (HGETALL) when `fields` is None."""
+def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, replies, now_us: int,
+                         columns: Mapping[str, pb.FeatureVector]) -> int:
+    """Fill the window aggregations' columns, from every entity's tiles:
+    `replies` per entity are the values of `lookup.tiles.fields` (HMGET), or
+    the whole hash (HGETALL) when `fields` is None. Returns the start of the
+    newest tile read (0: none)."""
     aggs, read = lookup.aggregations, lookup.tiles
     states_of = [tile_aggregation(f.spec) for f in aggs]
     values = np.empty((len(found), len(aggs)), dtype=object)
@@ -449,15 +491,16 @@ def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, replies,
         for j, (value, start) in enumerate(merged):
             if start is not None:
                 values[i, j], latest[i, j] = value, start
-    exists = found | has_tiles
-    return ({f.ref: _vector(f, values[:, j], _statuses(values[:, j], exists), latest[:, j])
-             for j, f in enumerate(aggs)}, int(latest.max(initial=0)))
+    statuses = _statuses(values, found | has_tiles)
+    for j, f in enumerate(aggs):
+        _vector(f, values[:, j], statuses[:, j], latest[:, j].tolist(), columns[f.ref])
+    return int(latest.max(initial=0))
 
 
 def _merge_fields(lookup: ViewLookup, replies, states_of):
     """(entity, [(value, start of the newest tile read) per aggregation]) of
     each entity with tiles; start None where its window holds none."""
-    read, width = lookup.tiles, len(lookup.view.aggregations)
+    read, width = lookup.tiles, lookup.view.states
     starts = [layout.parse_tile_field(f)[1] for f in read.fields]
     entities = [i for i, fields in enumerate(replies) if any(fields)]
     windows_of = {}  # per distinct window: the aggregations that read it
@@ -525,13 +568,13 @@ def _refuse(lookup: ViewLookup, i: int, start: int, state, width: int):
     got = f"{len(state)} states" if isinstance(state, list) else repr(state)
     raise CorruptState(f"tile {start} of view {lookup.view.name!r} for entity "
                        f"{lookup.entity_keys[i]!r} has {got}; "
-                       f"the view has {width} aggregations")
+                       f"the view has {width} states")
 
 
 def _decode_tiles(lookup: ViewLookup, i: int,
                   raw: Mapping[bytes, bytes]) -> tuple[list[int], list[list]]:
     """Every tile of entity `i`, in ascending start order (one JSON parse)."""
-    width = len(lookup.view.aggregations)
+    width = lookup.view.states
     try:
         starts, states = layout.decode_tiles(raw)
     except ValueError as e:
@@ -546,34 +589,48 @@ def _decode_tiles(lookup: ViewLookup, i: int,
 
 def _statuses(values: np.ndarray, exists: np.ndarray,
               expired: np.ndarray | None = None) -> np.ndarray:
-    """One FieldStatus per slot; the later assignments win."""
-    status = np.full(len(values), pb.PRESENT, np.int32)
-    status[np.equal(values, None)] = pb.NULL_VALUE
+    """One FieldStatus per slot of `values` (entity x feature): NOT_FOUND
+    where the entity does not exist, else OUTSIDE_MAX_AGE where expired, else
+    NULL_VALUE where the value is null, else PRESENT."""
+    entity = np.full(len(exists), pb.PRESENT, np.int32)
     if expired is not None:
-        status[expired] = pb.OUTSIDE_MAX_AGE
-    status[~exists] = pb.NOT_FOUND
+        entity[expired] = pb.OUTSIDE_MAX_AGE
+    entity[~exists] = pb.NOT_FOUND
+    status = np.repeat(entity[:, None], values.shape[1], axis=1)
+    status[np.equal(values, None) & (status == pb.PRESENT)] = pb.NULL_VALUE
     return status
 
 
-def _vector(f: Feature, values: np.ndarray, status: np.ndarray,
-            timestamps: np.ndarray) -> pb.FeatureVector:
-    """Pack one column; slots that are not PRESENT get the type's zero value."""
+SMALL = 8   # columns this short are packed with plain lists: numpy's per-call cost dominates
+
+
+def _vector(f: Feature, values: np.ndarray, status: np.ndarray, timestamps: list[int],
+            target: pb.FeatureVector) -> None:
+    """Pack one column into `target`; slots that are not PRESENT get the
+    type's zero value."""
+    statuses = status.tolist()
+    target.statuses.extend(statuses)
+    target.event_timestamps.extend(timestamps)
     if f.kind == "list_column":
-        return _list_vector(f, values, status, timestamps)
-    packed = np.where(status == pb.PRESENT, values, _ZEROS[f.kind])
+        _list_vector(f, values, status, target.values.list_column)
+        return
+    zero = _ZEROS[f.kind]
     try:
-        if f.kind != "string_list":
-            packed = packed.astype(_DTYPES[f.kind])
-        column = pb.ValueList(**{f.kind: _LIST_TYPES[f.kind](values=packed.tolist())})
+        if len(values) <= SMALL:
+            packed = [v if s == pb.PRESENT else zero for v, s in zip(values.tolist(), statuses)]
+        else:
+            packed = np.where(status == pb.PRESENT, values, zero)
+            if f.kind != "string_list":
+                packed = packed.astype(_DTYPES[f.kind])
+            packed = packed.tolist()
+        getattr(target.values, f.kind).values.extend(packed)
     except (TypeError, ValueError, OverflowError) as e:
         raise CorruptState(f"values of feature {f.ref!r} in Redis are not of its type "
                            f"{f.spec.type!r}: {e}") from None
-    return pb.FeatureVector(values=column, statuses=status.tolist(),
-                            event_timestamps=timestamps.tolist())
 
 
 def _list_vector(f: Feature, values: np.ndarray, status: np.ndarray,
-                 timestamps: np.ndarray) -> pb.FeatureVector:
+                 target: pb.ListColumn) -> None:
     """Pack a list column: every PRESENT row's elements, concatenated, and
     each row's length (0 where the row has no value)."""
     kind = ELEMENT_KINDS[f.spec.type[5:-1]]
@@ -586,11 +643,9 @@ def _list_vector(f: Feature, values: np.ndarray, status: np.ndarray,
             flat = [x for r in rows for x in r]
         else:  # one conversion per row, not per element
             parts = [np.asarray(r, dtype=_DTYPES[kind]) for r in rows if len(r)]
-            flat = np.concatenate(parts) if parts else np.zeros(0, _DTYPES[kind])
-        elements = pb.ValueList(**{kind: _LIST_TYPES[kind](values=flat)})
+            flat = np.concatenate(parts).tolist() if parts else []
+        getattr(target.elements, kind).values.extend(flat)
     except (TypeError, ValueError, OverflowError) as e:
         raise CorruptState(f"values of feature {f.ref!r} in Redis are not of its type "
                            f"{f.spec.type!r}: {e}") from None
-    column = pb.ValueList(list_column=pb.ListColumn(elements=elements, lengths=lengths))
-    return pb.FeatureVector(values=column, statuses=status.tolist(),
-                            event_timestamps=timestamps.tolist())
+    target.lengths.extend(lengths)

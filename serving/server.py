@@ -264,7 +264,7 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
     def __init__(self, manifest: Manifest, store: OnlineStore, clock: Clock = wall_clock_us,
                  max_entities: int = ServerOptions.max_entities,
                  max_pending_rows: int = ServerOptions.max_pending_rows):
-        self._manifest = manifest
+        self._resolver = lookup.Resolver(manifest)
         self._store = store
         self._clock = clock
         self._max_entities = max_entities
@@ -278,7 +278,7 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
                                 context: grpc.aio.ServicerContext
                                 ) -> serving_pb2.GetOnlineFeaturesResponse:
         try:
-            prepared = lookup.prepare(self._manifest, request, self._clock())
+            prepared = lookup.prepare(self._resolver, request, self._clock())
         except lookup.BadRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         rows = prepared.rows

@@ -65,8 +65,8 @@ def test_each_aggregation_merges_the_tiles_of_its_window():
 
 
 @pytest.mark.parametrize("raw, message", [
-    (b"[1,2]", "has 2 states; the view has 5 aggregations"),
-    (b"7", "has 7; the view has 5"),
+    (b"[1,2]", "has 2 states; the view has 5 states"),
+    (b"7", "has 7; the view has 5 states"),
     (b"[1,", "are not valid JSON"),
 ])
 def test_tiles_that_do_not_match_the_view_are_refused(raw, message):

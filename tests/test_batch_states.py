@@ -32,8 +32,9 @@ def _python_tiles(view, view_ref, events, end, lower):
                 by_tile[(tuple(e[k] for k, _ in view.keys), field)].append(e)
     out = {}
     for (key, start), rows in by_tile.items():
-        states = []
-        for a, ref in zip(view.aggregations, view_ref.aggregations):
+        states = []   # one per slot: the first aggregation of each
+        for k in view.state_owners():
+            a, ref = view.aggregations[k], view_ref.aggregations[k]
             kept = [e for e in rows if ref.where is None or ref.where(e) is True]
             pairs = [(e["ts"], ref.arg(e) if ref.arg else None) for e in kept]
             states.append(duckdb_sql.tile_aggregation(a).state_of(pairs))

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from featurestore import layout, tiles
+from featurestore import layout, tiles, windows
 from tests import reference
 from tests.reference import RefAggregation
 
@@ -20,24 +20,24 @@ T = 300_000_000  # a 5-minute tile
 
 def test_window_start_is_floor_of_t_minus_window():
     t = 10 * T + 7
-    assert tiles.window_start(t, T, 3 * T) == 7 * T
-    assert tiles.window_start(10 * T, T, 3 * T) == 7 * T
-    assert tiles.window_start(t, T, None) is None
+    assert windows.window_start(t, T, 3 * T) == 7 * T
+    assert windows.window_start(10 * T, T, 3 * T) == 7 * T
+    assert windows.window_start(t, T, None) is None
 
 
 def test_in_window_bounds_are_inclusive_and_exclude_future_tiles():
-    lower = tiles.window_start(10 * T + 7, T, 3 * T)
-    assert tiles.in_window(7 * T, 10 * T + 7, lower)
-    assert not tiles.in_window(6 * T, 10 * T + 7, lower)
-    assert tiles.in_window(10 * T, 10 * T + 7, lower)
-    assert not tiles.in_window(11 * T, 10 * T + 7, lower)
+    lower = windows.window_start(10 * T + 7, T, 3 * T)
+    assert windows.in_window(7 * T, 10 * T + 7, lower)
+    assert not windows.in_window(6 * T, 10 * T + 7, lower)
+    assert windows.in_window(10 * T, 10 * T + 7, lower)
+    assert not windows.in_window(11 * T, 10 * T + 7, lower)
 
 
 def test_window_slice_picks_the_tiles_in_window():
     starts = [6 * T, 7 * T, 9 * T, 10 * T, 11 * T]
-    assert starts[tiles.window_slice(starts, 10 * T + 1, 7 * T)] == [7 * T, 9 * T, 10 * T]
-    assert starts[tiles.window_slice(starts, 10 * T + 1, None)] == [6 * T, 7 * T, 9 * T, 10 * T]
-    assert starts[tiles.window_slice(starts, 5 * T, None)] == []
+    assert starts[windows.window_slice(starts, 10 * T + 1, 7 * T)] == [7 * T, 9 * T, 10 * T]
+    assert starts[windows.window_slice(starts, 10 * T + 1, None)] == [6 * T, 7 * T, 9 * T, 10 * T]
+    assert starts[windows.window_slice(starts, 5 * T, None)] == []
 
 
 def agg(function, input_type=None):

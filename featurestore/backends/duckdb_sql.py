@@ -293,11 +293,12 @@ def merge_states_sql(view: View, indexes: list[int]) -> list[str]:
 
 
 def rollup_states_sql(view: View) -> list[str]:
-    """`<merge> AS s<k>_<column>` of every aggregation's state columns over
-    the tiles of a group: a rollup is the merge of the tiles inside it."""
+    """`<merge> AS s<k>_<column>` of the state columns of every stored state
+    (`View.state_owners`) over the tiles of a group: a rollup is the merge of
+    the tiles inside it."""
     out = []
-    for k, a in enumerate(view.aggregations):
-        for c in tile_aggregation(a).columns:
+    for k in view.state_owners():
+        for c in tile_aggregation(view.aggregations[k]).columns:
             col = f"s{k}_{c.name}"
             merged = (_distinct_sorted(f"list_sort(flatten(list({col})))") if c.reduce == "set"
                       else _MERGE[c.reduce].format(col))
@@ -312,11 +313,11 @@ def _distinct_sorted(sorted_sql: str) -> str:
 
 
 def tile_json_sql(view: View) -> str:
-    """The JSON tile value (`layout.encode_tile` of the states) from the
-    s<k>_<column> columns."""
+    """The JSON tile value (`layout.encode_tile` of the states, one per slot
+    of `View.state_slots`) from the s<k>_<column> columns."""
     states = []
-    for k, a in enumerate(view.aggregations):
-        agg = tile_aggregation(a)
+    for k in view.state_owners():
+        agg = tile_aggregation(view.aggregations[k])
         vtype = agg.input_type
         cols = [_state_json(f"s{k}_{c.name}", c, vtype) for c in agg.columns]
         states.append(cols[0] if agg.bare else layout.sql_json_array(cols))
@@ -339,8 +340,9 @@ def tiles_sql(view: View, source: Source, root: Path, end_us: int | str,
     """One row per (entity, tile) with tile start >= start_us (a tile start)
     and rows up to end_us: keys, __tile, then the states s<k>_<column>."""
     keys = ", ".join(ident(k) for k, _ in view.keys)
-    inputs = ", ".join(state_inputs_sql(view))
-    return (f"SELECT {keys}, __tile, {', '.join(tile_states_sql(view))} "
+    stored = list(view.state_owners())
+    inputs = ", ".join(state_inputs_sql(view, stored))
+    return (f"SELECT {keys}, __tile, {', '.join(tile_states_sql(view, stored))} "
             f"FROM (SELECT {keys}, __tile, __ts, {inputs} "
             f"FROM ({view_rows_sql(view, source, root, end_us, start_us)})) "
             f"GROUP BY {keys}, __tile")
