@@ -200,7 +200,10 @@ def cmd_serve(args) -> None:
         api_keys=cfg.api_keys, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
         tls_key=str(cfg.tls_key) if cfg.tls_key else None,
         metrics_port=args.metrics_port if args.metrics_port is not None else cfg.metrics_port,
-        max_entities=cfg.max_entities, max_request_bytes=cfg.max_request_bytes)
+        max_entities=cfg.max_entities, max_request_bytes=cfg.max_request_bytes,
+        **{name: value for name, value in (("max_pending_rows", cfg.max_pending_rows),
+                                           ("redis_connections", cfg.redis_connections))
+           if value is not None})
     workers = args.workers or cfg.serving_workers or default_workers()
     if workers < 1:
         raise UserError(f"--workers must be at least 1, not {workers}")

@@ -14,6 +14,8 @@
       metrics_port: 9464                # optional: Prometheus /metrics
       max_entities: 10000               # entity rows per request
       max_request_bytes: 4194304
+      max_pending_rows: 50000           # entity rows a worker holds at once (RESOURCE_EXHAUSTED beyond)
+      redis_connections: 32             # Redis connections per worker
     batch:
       memory_limit: 4GB                 # DuckDB spills to disk beyond this
 
@@ -51,6 +53,8 @@ class RepoConfig:
     max_entities: int = 10_000
     max_request_bytes: int = 4 * 1024 * 1024
     serving_workers: int | None = None
+    max_pending_rows: int | None = None      # None: the server's default (ServerOptions)
+    redis_connections: int | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -123,6 +127,8 @@ def load(root: Path) -> RepoConfig:
         max_entities=_int(path, serving, "max_entities", 10_000),
         max_request_bytes=_int(path, serving, "max_request_bytes", 4 * 1024 * 1024),
         serving_workers=_int(path, serving, "workers", None),
+        max_pending_rows=_int(path, serving, "max_pending_rows", None),
+        redis_connections=_int(path, serving, "redis_connections", None),
     )
 
 
