@@ -8,7 +8,8 @@ source once and, per stream view:
                      __ts    event time in epoch microseconds
                      __now   the job's clock (processing time), read once per row
                      __drop  why the view drops the row (late, future, invalid), or null
-    <view>__tiles    per (entity, tile) the tile state (streaming.flink_states)
+    <view>__tiles    per (entity, tile) the tile state, for the view's tiles
+                     and its rollup tiles (streaming.flink_states)
     <view>__latest   per entity the latest row (streaming.flink_states)
     <view>__dropped  per reason and hour, how many rows the view dropped
 
@@ -29,19 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsl.plan import Plan, Source, View
+from featurestore import windows
 from streaming import flink_states, sink
 from streaming.flink_expr import (KINDS, Unsupported, epoch_us, expr_sql, floor_to, ident,
                                   sql_type, string)
 from streaming.sink import Field
 
-US = 1_000_000
-HOUR_US = 3600 * US
-# Events further ahead of the job's clock than this are dropped (and counted)
-# as "future": a producer's clock, or its time zone, is wrong.
-MAX_FUTURE_US = HOUR_US
-# Counts of dropped events are kept per hour of the job's clock, so that Flink
-# can forget an hour's count once the hour is over.
-DROP_HOUR_US = HOUR_US
+# Events further ahead of the job's clock than windows.MAX_FUTURE_US are
+# dropped (and counted) as "future": a producer's clock, or its time zone, is
+# wrong. Counts of dropped events are kept per hour of the job's clock, so
+# that Flink can forget an hour's count once the hour is over.
+DROP_HOUR_US = windows.HOUR_US
 SINK_TABLE = "featurestore_written"
 
 __all__ = ["Unsupported", "Job", "Tuning", "SourceSettings", "compile_job", "render",
@@ -124,24 +123,6 @@ _CONNECTORS = {"files": _files, "kafka": _kafka, "datagen": _datagen}
 
 
 # ================================================================ views
-def retention_us(view: View) -> int | None:
-    """How far back from the start of the current tile a window of the view
-    reaches; None when some aggregation keeps all history (as batch)."""
-    spans = [a.window_us or view.ttl_us for a in view.aggregations]
-    return None if any(s is None for s in spans) else max(spans, default=0)
-
-
-def rows_keep_us(view: View) -> int | None:
-    """How long a latest row is kept: twice the ttl, so that a row past its
-    ttl reads as OUTSIDE_MAX_AGE for a while (as batch keeps it)."""
-    return None if view.ttl_us is None else 2 * view.ttl_us
-
-
-def tiles_keep_us(view: View) -> int | None:
-    keep = retention_us(view)
-    return None if keep is None else keep + 2 * view.tile_us
-
-
 def rows_view(view: View) -> str:
     return f"{view.name}__rows"
 
@@ -163,13 +144,14 @@ def view_rows_sql(view: View, source: Source) -> str:
     late = f"WHEN {late} THEN 'late' " if late else ""
     return (f"CREATE TEMPORARY VIEW {ident(rows_view(view))} AS\n"
             f"SELECT *, CASE WHEN {invalid} THEN 'invalid' "
-            f"WHEN `__ts` > `__now` + {MAX_FUTURE_US} THEN 'future' {late}END AS `__drop`\n"
+            f"WHEN `__ts` > `__now` + {windows.MAX_FUTURE_US} THEN 'future' {late}END AS `__drop`\n"
             f"FROM ({inner})")
 
 
 def _tile_cut(view: View) -> str:
-    """Condition on a row: its tile is within reach of a window at __now."""
-    keep = retention_us(view)
+    """Condition on a row: its tile is within the history the view keeps at
+    __now (its windows' reach, and as_of's horizon)."""
+    keep = windows.history_us(view)
     if keep is None:
         return "TRUE"
     return f"{floor_to('`__ts`', view.tile_us)} >= {floor_to('`__now`', view.tile_us)} - {keep}"
@@ -177,7 +159,7 @@ def _tile_cut(view: View) -> str:
 
 def _row_cut(view: View) -> str:
     """Condition on a row: it may still be the latest row that a request reads."""
-    keep = rows_keep_us(view)
+    keep = windows.rows_keep_us(view)
     return "TRUE" if keep is None else f"`__ts` > `__now` - {keep}"
 
 
@@ -213,14 +195,17 @@ def dropped_sql(view: View) -> str:
 def view_output(view: View) -> sink.ViewOutput:
     """What the writers must know of a view."""
     keys = tuple(Field(f"k{j}", KINDS[t], False) for j, (_, t) in enumerate(view.keys))
+    per_aggregation = flink_states.aggregation_states(view)
+    # one state per slot (featurestore.layout): the first aggregation of each
     states = tuple(sink.State(agg.function, agg.input_type,
                               tuple(sink.StateColumn(s.decoder, s.fields) for s in cols))
-                   for agg, cols in flink_states.aggregation_states(view))
+                   for agg, cols in (per_aggregation[k] for k in view.state_owners()))
     return sink.ViewOutput(
         name=view.name, fingerprint=view.fingerprint(), keys=keys, states=states,
         row_kinds=tuple(KINDS.get(f.type, "list") for f in view.row_features),
-        tile_us=view.tile_us, tiles_keep_us=tiles_keep_us(view),
-        rows_keep_us=rows_keep_us(view), future_us=MAX_FUTURE_US)
+        tile_us=view.tile_us, levels=windows.levels(view),
+        tiles_keep_us=windows.tiles_keep_us(view), rows_keep_us=windows.rows_keep_us(view),
+        future_us=windows.MAX_FUTURE_US)
 
 
 _TYPED = {"int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN", "string": "STRING",
@@ -232,7 +217,8 @@ def _arguments(view: View, out: sink.ViewOutput, part: str) -> list[tuple[str, s
     """(SQL, type) of each argument of a part's function, in sink.input_fields
     order: a flagged field is its value (never null) and its null flag."""
     if part == sink.TILES:
-        sources = [*(ident(k) for k, _ in view.keys), "`__tile`",
+        size = ["`__size`"] if out.rollups else []
+        sources = [*(ident(k) for k, _ in view.keys), *size, "`__tile`",
                    *(ident(f.name) for f in flink_states.state_fields(view))]
     elif part == sink.LATEST:
         sources = [*(ident(k) for k, _ in view.keys), "`latest`"]
@@ -318,7 +304,7 @@ def compile_job(plan: Plan, settings: SourceSettings = SourceSettings(),
     for i, v in enumerate(views):
         statements.append(view_rows_sql(v, plan.source(v.source)))
         if v.aggregations:
-            statements.append(flink_states.tiles_sql(v, rows_view(v), _kept(_tile_cut(v))))
+            statements += flink_states.tiles_sql(v, rows_view(v), _kept(_tile_cut(v)))
         if v.row_features:
             statements.append(flink_states.latest_sql(v, rows_view(v), _kept(_row_cut(v))))
         statements.append(dropped_sql(v))
@@ -338,10 +324,10 @@ def job_config(views: list[View], tuning: Tuning) -> dict[str, str]:
     needs = [2 * DROP_HOUR_US]
     for v in views:
         if v.aggregations:
-            needs.append(tiles_keep_us(v))
+            needs.append(windows.tiles_keep_us(v))
         if v.row_features:
-            needs.append(rows_keep_us(v))
-    ttl = "0 ms" if None in needs else f"{(max(needs) + MAX_FUTURE_US) // 1000} ms"
+            needs.append(windows.rows_keep_us(v))
+    ttl = "0 ms" if None in needs else f"{(max(needs) + windows.MAX_FUTURE_US) // 1000} ms"
     return {
         # Chained operators pass rows on without copying them (a third more
         # throughput); Flink SQL's operators do not keep rows they emitted.

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dsl.plan import View
-from featurestore import tiles
+from featurestore import tiles, windows
 from streaming.flink_expr import (KINDS, Unsupported, double, expr_sql, floor_to, ident,
                                   nan_sql, stored_sql)
 from streaming.sink import Field
@@ -247,23 +247,44 @@ def _derived_sql(view: View) -> list[list[str]]:
     return steps
 
 
-def tiles_sql(view: View, rows: str, cut: str) -> str:
-    """Per (entity, tile) of the view's rows that pass `cut`: the state
-    columns of every aggregation, updated as rows arrive."""
+def tiles_sql(view: View, rows: str, cut: str) -> list[str]:
+    """The statements that define `<view>__tiles`: per (entity, tile) of the
+    view's rows that pass `cut`, the state columns of every aggregation,
+    updated as rows arrive. A view with rollups (windows.levels) has a group
+    per (entity, size, tile) of every size it keeps, in one GROUP BY over
+    copies of `<view>__tile_inputs` (its rows' inputs), one per size, with
+    `__size` and `__tile`, the start of the row's tile of that size. The cut
+    is the row's: a rollup that starts before what the cut keeps may lack
+    rows, and no window reads it (none reads it whole)."""
     keys = ", ".join(ident(k) for k, _ in view.keys)
     columns = list({f.name: f"{agg} AS {ident(f.name)}"
                     for _, states in aggregation_states(view)
                     for s in states for agg, f in zip(s.aggregates, s.fields)}.values())
-    select = (f"SELECT *, {floor_to('`__ts`', view.tile_us)} AS `__tile` "
-              f"FROM {ident(rows)} WHERE {cut}")
-    select = f"SELECT {', '.join([keys, '`__tile`', '`__ts`', *_arguments_sql(view)])} FROM ({select})"
+    levels = windows.levels(view)
+    tile = [] if len(levels) > 1 else ["`__tile`"]
+    fine = f", {floor_to('`__ts`', view.tile_us)} AS `__tile`" if tile else ""
+    select = f"SELECT *{fine} FROM {ident(rows)} WHERE {cut}"
+    select = f"SELECT {', '.join([keys, *tile, '`__ts`', *_arguments_sql(view)])} FROM ({select})"
     for step in _derived_sql(view):
         if step:
             select = f"SELECT *, {', '.join(step)} FROM ({select})"
-    return (f"CREATE TEMPORARY VIEW {ident(view.name + '__tiles')} AS\n"
-            f"SELECT {keys}, `__tile`, {', '.join(columns)}\n"
-            f"FROM ({select})\n"
-            f"GROUP BY {keys}, `__tile`")
+    head = f"CREATE TEMPORARY VIEW {ident(view.name + '__tiles')} AS\n"
+    if tile:
+        return [f"{head}SELECT {keys}, `__tile`, {', '.join(columns)}\n"
+                f"FROM ({select})\n"
+                f"GROUP BY {keys}, `__tile`"]
+    # UNION ALL, not UNNEST: Flink runs the copies' projections a fifth
+    # faster than a correlated UNNEST, and reads the source, and each row's
+    # clock, once for all of them. (An UNNEST of constants would be worse:
+    # Flink joins every row with it, a join that keeps every row in state.)
+    inputs = ident(view.name + "__tile_inputs")
+    copies = "\n  UNION ALL ".join(
+        f"SELECT *, CAST({size} AS BIGINT) AS `__size`, {floor_to('`__ts`', size)} AS `__tile` "
+        f"FROM {inputs}" for size in levels)
+    return [f"CREATE TEMPORARY VIEW {inputs} AS\n{select}",
+            f"{head}SELECT {keys}, `__size`, `__tile`, {', '.join(columns)}\n"
+            f"FROM ({copies})\n"
+            f"GROUP BY {keys}, `__size`, `__tile`"]
 
 
 # ================================================================ latest rows

@@ -3,7 +3,8 @@
 Each stream view has up to three outputs in the Flink job, each ending in a
 Python function (`streaming.job`) that hands Arrow batches to a `RedisSink`:
 
-    tiles     per (entity, tile): the state columns of every aggregation
+    tiles     per (entity, tile): the state columns of every aggregation, for
+              tiles of the view's size and for its rollups (windows.levels)
     latest    per entity: the latest row, as flink_states.latest_text_sql spells it
     dropped   per reason and hour: how many events the view dropped
 
@@ -76,6 +77,7 @@ class ViewOutput:
     states: tuple[State, ...]          # empty when the view has no aggregations
     row_kinds: tuple[str, ...]         # kind of each row feature; empty when none
     tile_us: int
+    levels: tuple[int, ...]            # tile sizes it keeps, finest first (windows.levels)
     tiles_keep_us: int | None          # a tiles key lives this long after its newest tile
     rows_keep_us: int | None           # a row key lives this long after its event time
     future_us: int                     # how far ahead of the clock an event may be
@@ -86,12 +88,19 @@ class ViewOutput:
                                           (LATEST, bool(self.row_kinds)), (DROPPED, True))
                      if present)
 
+    @property
+    def rollups(self) -> bool:
+        """Whether it keeps tiles larger than its own: then its tiles carry their size."""
+        return len(self.levels) > 1
+
 
 def input_fields(view: ViewOutput, part: str) -> list[Field]:
     """The columns the function of `part` receives, in order, each flagged
-    field followed by its null flag."""
+    field followed by its null flag. Tiles: the entity's keys, the tile's
+    size (only where the view has rollups) and start, its state fields."""
     if part == TILES:
-        fields = [*view.keys, Field("tile", "int", False), *state_fields(view)]
+        size = [Field("size", "int", False)] if view.rollups else []
+        fields = [*view.keys, *size, Field("tile", "int", False), *state_fields(view)]
     elif part == LATEST:
         fields = [*view.keys, Field("latest", "string", False)]
     else:
@@ -291,7 +300,7 @@ class RedisSink:
         if self.part != DROPPED:
             # a key (and tile) may come more than once: Flink's mini-batches
             # queue up when the writers fall behind
-            n = len(self.view.keys) + (self.part == TILES)
+            n = len(self.view.keys) + (self.part == TILES) * (1 + self.view.rollups)
             rows = self._last(list(zip(*columns[:n])))
             if len(rows) < len(columns[0]):
                 columns = _pick(columns, rows)
@@ -363,19 +372,31 @@ class RedisSink:
         return sorted(last.values())
 
     def _tiles(self, values: list[list], expiries: dict[bytes, int]) -> list[tuple]:
-        """HSET of each tile's state, then PEXPIREAT of each key whose expiry
-        changes (noted in `expiries`)."""
+        """One HSET per key of the states of all its tiles in the batch (a
+        rollup's under its size and start: `layout.tile_field`), then
+        PEXPIREAT of each key whose expiry changes (noted in `expiries`)."""
         view, n = self.view, len(self.view.keys)
-        keys, starts = self._entity_keys(values, layout.tiles_key), values[n]
-        states = self._encoded_states(values[n + 1:])
+        keys, starts = self._entity_keys(values, layout.tiles_key), values[n + view.rollups]
+        fields = self._tile_fields(values[n] if view.rollups else None, starts)
+        states = self._encoded_states(values[n + 1 + view.rollups:])
         now, keep = self._clock(), view.tiles_keep_us
-        commands, newest = [], {}
-        for key, tile, state in zip(keys, starts, states):
-            if keep is not None and tile + keep <= now:
+        pairs: dict[bytes, list] = {}    # key -> field, state, field, state, ...
+        newest: dict[bytes, int] = {}    # key -> its newest tile start in the batch
+        for key, start, field, state in zip(keys, starts, fields, states):
+            # (a rollup starts before its tiles: once its start is out of
+            # reach, no window reads it whole, so none reads it at all)
+            if keep is not None and start + keep <= now:
                 self.stats.expired += 1
                 continue
-            commands.append((b"HSET", key, layout.tile_field(tile), state))
-            newest[key] = max(newest.get(key, tile), tile)
+            pair = pairs.get(key)
+            if pair is None:
+                pairs[key] = [field, state]
+                newest[key] = start
+            else:
+                pair += (field, state)
+                if start > newest[key]:
+                    newest[key] = start
+        commands = [(b"HSET", key, *pair) for key, pair in pairs.items()]
         if keep is None:
             return commands
         # A key lives while a window reaches its newest tile. Tiles arrive at
@@ -388,6 +409,15 @@ class RedisSink:
                 expiries[key] = expire_ms
                 commands.append((b"PEXPIREAT", key, expire_ms))
         return commands
+
+    def _tile_fields(self, sizes: list[int] | None, starts: list[int]) -> list[bytes]:
+        """The hash field of each tile: its start for a tile of the view's
+        size (all of them when `sizes` is None), else its size and start."""
+        if sizes is None:
+            return [layout.tile_field(start) for start in starts]
+        fine, field = self.view.tile_us, layout.tile_field
+        return [field(start) if size == fine else field(start, size)
+                for size, start in zip(sizes, starts)]
 
     def _encoded_states(self, values: list[list]) -> list[bytes]:
         """Each tile's encoded state list, from the state fields' columns:

@@ -4,6 +4,7 @@ defines them, latest rows, dropped counts, expiry, and the last update of a
 batch winning."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 import time
@@ -12,11 +13,11 @@ import pytest
 import redis
 
 from dsl.plan import Aggregation, Column, RowFeature, View
-from featurestore import layout
+from featurestore import layout, tiles, windows
 from streaming import flink_sql, sink
 from streaming.flink_states import OFFSET_62, OFFSET_63
 
-US, MIN, HOUR = 1_000_000, 60_000_000, 3_600_000_000
+US, MIN, HOUR, DAY = 1_000_000, 60_000_000, 3_600_000_000, 86_400_000_000
 TILE = 5 * MIN
 # Near the real time: Redis expires keys by its own clock.
 NOW = time.time_ns() // 1000 // TILE * TILE + 2 * MIN + 3   # mid-tile
@@ -51,10 +52,10 @@ def _tile_row(user: str, tile: int, *, count: int, amounts: list[float], nan: bo
             "__s4_set_value": ns}
 
 
-def _columns(part: str, rows: list[dict]) -> list[list]:
+def _columns(part: str, rows: list[dict], out: sink.ViewOutput = OUT) -> list[list]:
     """Rows as the columns of sink.input_fields, null flags included."""
     columns = []
-    for f in sink.input_fields(OUT, part):
+    for f in sink.input_fields(out, part):
         if f.name.endswith("__null"):
             columns.append([row.get(f.name[:-6]) is None for row in rows])
         else:
@@ -63,8 +64,8 @@ def _columns(part: str, rows: list[dict]) -> list[list]:
     return columns
 
 
-def _sink(url: str, part: str) -> sink.RedisSink:
-    return sink.RedisSink("t", OUT, part, url, clock=lambda: NOW)
+def _sink(url: str, part: str, out: sink.ViewOutput = OUT) -> sink.RedisSink:
+    return sink.RedisSink("t", out, part, url, clock=lambda: NOW)
 
 
 def test_tiles_are_written_as_featurestore_tiles_states(redis_url):
@@ -101,6 +102,67 @@ def test_tiles_out_of_reach_of_every_window_are_not_written(redis_url):
     row = _tile_row("u", old, count=1, amounts=[1.0], nan=False, first=(old, "x"), ns=[])
     assert writer.write(_columns(sink.TILES, [row])) == 0
     assert writer.stats.expired == 1 and redis.Redis.from_url(redis_url).dbsize() == 0
+
+
+# The same view with windows of two days: rollups of an hour and of a day
+ROLLUP_VIEW = dataclasses.replace(VIEW, ttl_us=2 * DAY, aggregations=tuple(
+    dataclasses.replace(a, window_us=2 * DAY) for a in VIEW.aggregations))
+ROLLUP_OUT = flink_sql.view_output(ROLLUP_VIEW)
+
+
+def _group_rows(user: str, events: list[tuple], sizes: tuple[int, ...]) -> list[dict]:
+    """What the tiles GROUP BY sends for (ts, amount, category, n) events:
+    one row per size and tile of that size, of the events inside it."""
+    groups: dict[tuple[int, int], list[tuple]] = {}
+    for e in events:
+        for size in sizes:
+            groups.setdefault((size, e[0] - e[0] % size), []).append(e)
+    return [dict(_tile_row(user, start, count=len(g), amounts=[e[1] for e in g], nan=False,
+                           first=min((e[0], e[2]) for e in g), ns=sorted({e[3] for e in g})),
+                 size=size)
+            for (size, start), g in groups.items()]
+
+
+def test_rollups_hold_the_merged_states_of_their_tiles(redis_url):
+    """Each rollup is written under `<size>:<start>` with what the GROUP BY
+    of its rows gives: the merge of the states of the tiles inside it. A
+    key's tiles and rollups of a batch go in one HSET."""
+    assert ROLLUP_OUT.levels == (TILE, HOUR, DAY)
+    hour = CURRENT - CURRENT % HOUR - HOUR
+    events = [(hour + 7, 1.5, "b", 3), (hour + 9, 2.25, "a", 4), (hour + TILE, 10.0, "c", 3),
+              (hour + 11 * TILE + 5, -4.0, "a", 9), (hour + HOUR + 1, 0.5, "z", 1)]
+    writer = _sink(redis_url, sink.TILES, ROLLUP_OUT)
+    rows = _group_rows("u", events, ROLLUP_OUT.levels)
+    assert writer.write(_columns(sink.TILES, rows, ROLLUP_OUT)) == 2   # HSET and PEXPIREAT
+    assert writer.stats.superseded == 0   # a tile and a rollup may start together
+    key = layout.tiles_key("t", "spend", ROLLUP_VIEW.fingerprint(), "u")
+    got = {layout.parse_tile_field(f): layout.decode_tile(v)
+           for f, v in redis.Redis.from_url(redis_url).hgetall(key).items()}
+    fine = {start: states for (size, start), states in got.items() if size is None}
+    rollups = {at: states for at, states in got.items() if at[0] is not None}
+    assert sorted(fine) == sorted({ts - ts % TILE for ts, *_ in events})
+    assert sorted(rollups) == sorted({(size, ts - ts % size) for ts, *_ in events
+                                      for size in (HOUR, DAY)})
+    aggregations = [tiles.aggregation(s.function, s.input_type) for s in ROLLUP_OUT.states]
+    for (size, start), states in rollups.items():
+        inside = [states for s, states in fine.items() if start <= s < start + size]
+        assert states == [a.merge([tile[j] for tile in inside])
+                          for j, a in enumerate(aggregations)], (size, start)
+
+
+def test_rollups_that_start_out_of_reach_are_not_written(redis_url):
+    """No window reads a rollup that starts before its reach, though the
+    last tiles inside it may still be read."""
+    keep = ROLLUP_OUT.tiles_keep_us
+    assert keep == windows.tiles_keep_us(ROLLUP_VIEW)
+    day = (NOW - keep) - (NOW - keep) % DAY
+    rows = [dict(_tile_row("u", start, count=1, amounts=[1.0], nan=False, first=(CURRENT, "x"),
+                           ns=[]), size=size) for size, start in ((TILE, CURRENT), (DAY, day))]
+    writer = _sink(redis_url, sink.TILES, ROLLUP_OUT)
+    assert writer.write(_columns(sink.TILES, rows, ROLLUP_OUT)) == 2
+    assert writer.stats.expired == 1
+    key = layout.tiles_key("t", "spend", ROLLUP_VIEW.fingerprint(), "u")
+    assert list(redis.Redis.from_url(redis_url).hkeys(key)) == [layout.tile_field(CURRENT)]
 
 
 def _latest_text(ts: int, values: list, kinds: tuple = ("float", "string", "int")) -> str:

@@ -12,6 +12,7 @@ import pytest
 import dsl
 from dsl.plan import (Aggregation, Binary, Case, Cast, Column, Literal, Plan, RowFeature, Source,
                       View)
+from featurestore import windows
 from streaming import flink_sql, flink_states, sink
 from streaming.flink_expr import Unsupported, cast_sql, double, expr_sql, literal
 
@@ -89,12 +90,14 @@ def test_kafka_starts_from_the_groups_offsets_else_the_earliest():
 def test_an_event_is_late_when_it_arrives_later_than_the_lateness_or_out_of_reach():
     plan = _plan()
     spend = flink_sql.view_rows_sql(plan.view("user_spend"), plan.source("purchases"))
-    # lateness 10m; tiles reach back 7d (+ the current tile); rows live 14d
+    # lateness 10m; tiles reach back 7d and as_of's horizon (+ the current
+    # tile); rows live 14d
+    history = 7 * 24 * HOUR + windows.AS_OF_HORIZON_US
     assert "WHEN `__ts` < `__now` - 600000000 OR NOT (((`__ts` - MOD(MOD(`__ts`, 300000000) " \
            "+ 300000000, 300000000)) >= (`__now` - MOD(MOD(`__now`, 300000000) + 300000000, " \
-           "300000000)) - 604800000000) OR (`__ts` > `__now` - 1209600000000)) THEN 'late'" in spend
+           f"300000000)) - {history}) OR (`__ts` > `__now` - 1209600000000)) THEN 'late'" in spend
     synthetic = flink_sql.view_rows_sql(plan.view("load_test"), plan.source("synthetic"))
-    assert "60000000)) - 3600000000)) THEN 'late'" in synthetic
+    assert f"60000000)) - {HOUR + windows.AS_OF_HORIZON_US})) THEN 'late'" in synthetic
 
 
 def test_job_has_one_output_per_view_part_and_functions_take_the_sink_fields():
@@ -110,10 +113,48 @@ def test_job_has_one_output_per_view_part_and_functions_take_the_sink_fields():
         assert _top_level_items(call) == len(fields), out.function
         assert f"{out.function}(" not in out.discard
     spend = job.sinks[2]
-    assert spend.tiles_keep_us == 7 * 24 * HOUR + 2 * 300 * US
+    assert spend.tiles_keep_us == 7 * 24 * HOUR + windows.AS_OF_HORIZON_US + 2 * 300 * US
     assert spend.rows_keep_us == 2 * 7 * 24 * HOUR
+    assert spend.future_us == windows.MAX_FUTURE_US
     # a view without a ttl keeps its latest rows forever, and so does its state
     assert job.config["table.exec.state.ttl"].endswith(" ms")
+
+
+def test_one_aggregation_computes_the_tiles_of_every_level():
+    """A view with rollups: each row's inputs, computed once, are copied
+    once per size it keeps into one GROUP BY; a view without keeps today's
+    tiles SQL."""
+    plan = _plan()
+    spend, clicks = plan.view("user_spend"), plan.view("user_clicks")
+    assert windows.levels(spend) == (300 * US, HOUR, 24 * HOUR)
+    assert windows.levels(clicks) == (60 * US,)
+    inputs, tiles = flink_states.tiles_sql(spend, "rows", "CUT")
+    assert inputs.startswith("CREATE TEMPORARY VIEW `user_spend__tile_inputs` AS\nSELECT *, ")
+    assert inputs.count("CUT") == 1 and " AS `__x" in inputs   # the cut is per row
+    assert "`__tile`" not in inputs and " AS `__x" not in tiles
+    assert tiles == (
+        "CREATE TEMPORARY VIEW `user_spend__tiles` AS\n"
+        f"SELECT `user_id`, `__size`, `__tile`, {tiles.split('`__tile`, ', 1)[1].split(chr(10))[0]}\n"
+        "FROM (SELECT *, CAST(300000000 AS BIGINT) AS `__size`, (`__ts` - MOD(MOD(`__ts`, "
+        "300000000) + 300000000, 300000000)) AS `__tile` FROM `user_spend__tile_inputs`\n"
+        "  UNION ALL SELECT *, CAST(3600000000 AS BIGINT) AS `__size`, (`__ts` - MOD(MOD(`__ts`, "
+        "3600000000) + 3600000000, 3600000000)) AS `__tile` FROM `user_spend__tile_inputs`\n"
+        "  UNION ALL SELECT *, CAST(86400000000 AS BIGINT) AS `__size`, (`__ts` - MOD(MOD(`__ts`, "
+        "86400000000) + 86400000000, 86400000000)) AS `__tile` FROM `user_spend__tile_inputs`)\n"
+        "GROUP BY `user_id`, `__size`, `__tile`")
+    [single] = flink_states.tiles_sql(clicks, "rows", "CUT")
+    assert "__size" not in single and "UNION" not in single
+    assert single.startswith("CREATE TEMPORARY VIEW `user_clicks__tiles` AS\n"
+                             "SELECT `user_id`, `__tile`, COUNT(*)")
+    assert single.endswith("GROUP BY `user_id`, `__tile`")
+    # the writers receive the size where there are rollups
+    job = flink_sql.compile_job(plan)
+    fields = {o.name: [f.name for f in sink.input_fields(o, sink.TILES)][:3] for o in job.sinks}
+    assert fields["user_spend"] == ["k0", "size", "tile"]
+    assert fields["user_clicks"][:2] == ["k0", "tile"]
+    insert = next(o.insert for o in job.outputs if o.function == "featurestore_user_spend_tiles")
+    assert "featurestore_user_spend_tiles(CAST(`user_id` AS STRING), CAST(`__size` AS BIGINT), " \
+           "CAST(`__tile` AS BIGINT), " in insert
 
 
 def _top_level_items(sql: str) -> int:
@@ -186,7 +227,7 @@ def test_every_aggregation_compiles():
                     ("amount", "float64"), ("n", "int64"), ("ts", "timestamp")),
                     options=(("format", "json"),))
     job = flink_sql.compile_job(Plan(sources=(source,), views=(view,)))
-    tiles = next(s for s in job.statements if "`all__tiles`" in s)
+    tiles = "\n".join(s for s in job.statements if "`all__tile" in s)
     # exact sums without DECIMAL arithmetic, but for variance's b*b (64 unsigned bits)
     assert "DECIMAL(38" not in tiles
     # (stddev and variance of one column share their sums)
@@ -209,8 +250,8 @@ def test_aggregations_that_share_a_column_compute_it_once():
     source = Source("s", "stream", "files", "d/", "ts", (("user_id", "string"),
                     ("amount", "float64"), ("ts", "timestamp")), options=(("format", "json"),))
     job = flink_sql.compile_job(Plan(sources=(source,), views=(view,)))
-    tiles = next(s for s in job.statements if "`v__tiles`" in s)
-    head = tiles.split("FROM (")[0]
+    tiles = "\n".join(s for s in job.statements if "`v__tile" in s)
+    head = next(s for s in job.statements if "`v__tiles`" in s).split("FROM (")[0]
     # one sum of amount over all rows (hi and lo, each as two halves) and one
     # over the filtered rows; counts: amounts (avg's n), filtered rows, and
     # amounts out of range for each of the two sums
@@ -221,4 +262,4 @@ def test_aggregations_that_share_a_column_compute_it_once():
     assert len(fields) == len(set(fields))
     out = job.sinks[0]
     assert [f.name for f in sink.input_fields(out, sink.TILES) if not f.name.endswith("__null")
-            ] == ["k0", "tile", *fields]
+            ] == ["k0", "size", "tile", *fields]   # (hour rollups: a 1-day window)
