@@ -27,6 +27,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import grpc
+import hiredis
 import redis
 import redis.asyncio as aioredis
 from grpc_health.v1 import health as grpc_health
@@ -174,23 +175,41 @@ class OnlineStore:
                       READ_TIMEOUT_S)
 
     async def _pipeline(self, prepared: lookup.Prepared) -> list:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for v in prepared.views:
-                name, fingerprint = v.view.name, v.view.fingerprint
+        """Every command of the lookup in one round trip. The commands are
+        packed by hiredis, in C: redis-py's own pipeline packs in Python,
+        which cost more than Redis itself for a thousand HMGETs."""
+        packed = b"".join(map(hiredis.pack_command, self._commands(prepared)))
+        count = sum(len(v.entity_keys) * (1 + v.needs_tiles) for v in prepared.views)
+        for attempt in (1, 2):  # a connection that died while idle gets one retry
+            pool = self._redis.connection_pool
+            conn = await pool.get_connection()
+            try:
+                await conn.send_packed_command(packed, check_health=False)
+                return [await conn.read_response(disable_decoding=True) for _ in range(count)]
+            except RedisConnectionError:
+                await conn.disconnect()
+                if attempt == 2:
+                    raise
+            except BaseException:
+                await conn.disconnect()   # replies may be left unread: never reuse it
+                raise
+            finally:
+                await pool.release(conn)
+        raise AssertionError("unreachable")
+
+    def _commands(self, prepared: lookup.Prepared):
+        for v in prepared.views:
+            name, fingerprint = v.view.name, v.view.fingerprint
+            for key in v.entity_keys:
+                if v.view.row_features:
+                    yield (b"GET", layout.row_key(self._project, name, fingerprint, key))
+                else:
+                    yield (b"EXISTS", layout.tiles_key(self._project, name, fingerprint, key))
+            if v.needs_tiles:
+                fields = v.tiles.fields
                 for key in v.entity_keys:
-                    if v.view.row_features:
-                        pipe.get(layout.row_key(self._project, name, fingerprint, key))
-                    else:
-                        pipe.exists(layout.tiles_key(self._project, name, fingerprint, key))
-                if v.needs_tiles:
-                    fields = v.tiles.fields
-                    for key in v.entity_keys:
-                        tiles_key = layout.tiles_key(self._project, name, fingerprint, key)
-                        if fields is None:
-                            pipe.hgetall(tiles_key)
-                        else:
-                            pipe.hmget(tiles_key, fields)
-            return await pipe.execute()
+                    tiles_key = layout.tiles_key(self._project, name, fingerprint, key)
+                    yield (b"HGETALL", tiles_key) if fields is None else (b"HMGET", tiles_key, *fields)
 
     async def answers(self) -> bool:
         """Whether Redis answers a PING within PING_TIMEOUT_S, timed by the
@@ -253,6 +272,8 @@ def _per_view(prepared: lookup.Prepared, replies: list) -> list[tuple[list, list
         hashes = None
         if v.needs_tiles:
             hashes, at = replies[at:at + n], at + n
+            if v.tiles.fields is None:  # HGETALL replies field, value, field, value, ...
+                hashes = [dict(zip(h[::2], h[1::2])) for h in hashes]
         per_view.append((rows, hashes))
     return per_view
 
