@@ -36,16 +36,17 @@ US = 1_000_000
 TILE = 300 * US
 HOUR, DAY = 3600 * US, 86400 * US
 NOW = 1_767_225_600 * US + 4 * HOUR + 7 * TILE + 123 * US   # mid-day, mid-hour
-AGGREGATIONS = tuple(
-    FeatureSpec(f"{name}_{label}", type_, function, span, "float64" if function != "count" else None)
+FUNCTIONS = (("n", "count", "int64"), ("sum", "sum", "float64"), ("avg", "avg", "float64"),
+             ("max", "max", "float64"), ("std", "stddev", "float64"))
+AGGREGATIONS = tuple(  # the 1d and 7d versions of a function share its state's slot
+    FeatureSpec(f"{name}_{label}", type_, function, span,
+                "float64" if function != "count" else None, slot)
     for label, span in (("1d", DAY), ("7d", 7 * DAY))
-    for name, function, type_ in (("n", "count", "int64"), ("sum", "sum", "float64"),
-                                  ("avg", "avg", "float64"), ("max", "max", "float64"),
-                                  ("std", "stddev", "float64")))
+    for slot, (name, function, type_) in enumerate(FUNCTIONS))
 VIEW = ViewSpec("spend", "user", (("user_id", "string"),), "00ff00ff", TILE, 30 * DAY, (),
                 AGGREGATIONS)
 MANIFEST = Manifest("bench", {"spend": VIEW}, {"spend": (("spend", "*"),)})
-STATE_OF = [lookup.tile_aggregation(a) for a in AGGREGATIONS]
+STATE_OF = [lookup.tile_aggregation(a) for a in AGGREGATIONS[:len(FUNCTIONS)]]  # per slot
 
 
 def entity_hash(rng: random.Random, pool: list[list]) -> dict[bytes, bytes]:

@@ -505,20 +505,20 @@ def _merge_fields(lookup: ViewLookup, replies, states_of):
     entities = [i for i, fields in enumerate(replies) if any(fields)]
     windows_of = {}  # per distinct window: the aggregations that read it
     for j, (f, members) in enumerate(zip(lookup.aggregations, read.members)):
-        windows_of.setdefault(members, []).append((j, f.index, states_of[j]))
+        windows_of.setdefault(members, []).append((j, f.index, states_of[j].folder()))
     for i, tiles_of in zip(entities, _decode_fields(lookup, replies, entities)):
+        for m, tile in enumerate(tiles_of):
+            if tile is not None and (type(tile) is not list or len(tile) != width):
+                _refuse(lookup, i, starts[m], tile, width)
         merged = [(None, None)] * len(states_of)
-        for members, users in windows_of.items():
-            present = [(tiles_of[m], m) for m in members if tiles_of[m] is not None]
+        for members, users in windows_of.items():   # members: ascending starts
+            present = [tiles_of[m] for m in members if tiles_of[m] is not None]
             if not present:
                 continue
-            for tile, m in present:
-                if type(tile) is not list or len(tile) != width:
-                    _refuse(lookup, i, starts[m], tile, width)
-            columns = list(zip(*[tile for tile, _ in present]))
-            newest = max(starts[m] for _, m in present)
-            for j, index, agg in users:
-                merged[j] = (agg.value(agg.merge(columns[index])), newest)
+            newest = next(starts[m] for m in reversed(members) if tiles_of[m] is not None)
+            columns = list(zip(*present))
+            for j, index, fold in users:
+                merged[j] = (fold(columns[index]), newest)
         yield i, merged
 
 
