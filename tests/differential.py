@@ -342,16 +342,23 @@ def served_at(redis_url: str, entities, t: int) -> dict[str, list]:
     """Every feature of the service "everything" for `entities` ((user, shop)
     pairs), from a real gRPC server over `redis_url` with its clock at t."""
     from featurestore.backends.serving_manifest import manifest_from_plan
+
+    return with_server(manifest_from_plan(PLAN, PROJECT), redis_url, t,
+                       lambda address: _lookup(address, entities))
+
+
+def with_server(manifest, redis_url: str, t: int, use: Callable[[str], object]):
+    """`use(address)` of a real gRPC server of `manifest` over `redis_url`
+    whose clock says t; the server stops afterwards."""
     from serving.server import start_server
 
-    result: dict = {}
+    result: list = []
 
     async def run():
-        server = await start_server(manifest_from_plan(PLAN, PROJECT), redis_url, port=0,
-                                    clock=lambda: t)
+        server = await start_server(manifest, redis_url, port=0, clock=lambda: t)
         try:
             loop = asyncio.get_running_loop()
-            result.update(await loop.run_in_executor(None, _lookup, server.address, entities))
+            result.append(await loop.run_in_executor(None, use, server.address))
         finally:
             await server.stop(None)
 
@@ -359,7 +366,7 @@ def served_at(redis_url: str, entities, t: int) -> dict[str, list]:
     thread = threading.Thread(target=lambda: asyncio.run(run()))
     thread.start()
     thread.join()
-    return result
+    return result[0]
 
 
 def _lookup(address: str, entities) -> dict[str, list]:

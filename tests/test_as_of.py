@@ -4,8 +4,6 @@ plan; row-level features whose latest row is newer are NOT_FOUND; times
 the online store cannot answer are INVALID_ARGUMENT, naming why."""
 from __future__ import annotations
 
-import asyncio
-import threading
 
 import grpc
 import pytest
@@ -25,32 +23,19 @@ ROW_FEATURES = {f.name for v in d.PLAN.views for f in v.row_features}
 def _lookups(redis_url: str, entities, asks) -> list:
     """OnlineFeatures (or the RpcError) of each `as_of` in `asks`, from a
     server whose clock says END."""
-    results = []
-
-    async def run():
-        from serving.server import start_server
-        server = await start_server(manifest_from_plan(d.PLAN, d.PROJECT), redis_url,
-                                    clock=lambda: END)
-
-        def ask_all():
-            with FeatureClient(server.address) as client:
-                for as_of in asks:
-                    try:
-                        results.append(client.get_online_features(
-                            service="everything", as_of=as_of,
-                            entities={"user": [u for u, _ in entities],
-                                      "shop": [s for _, s in entities]}))
-                    except grpc.RpcError as e:
-                        results.append(e)
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, ask_all)
-        finally:
-            await server.stop(None)
-
-    thread = threading.Thread(target=lambda: asyncio.run(run()))
-    thread.start()
-    thread.join()
-    return results
+    def ask_all(address):
+        results = []
+        with FeatureClient(address) as client:
+            for as_of in asks:
+                try:
+                    results.append(client.get_online_features(
+                        service="everything", as_of=as_of,
+                        entities={"user": [u for u, _ in entities],
+                                  "shop": [s for _, s in entities]}))
+                except grpc.RpcError as e:
+                    results.append(e)
+        return results
+    return d.with_server(manifest_from_plan(d.PLAN, d.PROJECT), redis_url, END, ask_all)
 
 
 @pytest.fixture(scope="module")

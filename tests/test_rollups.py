@@ -11,9 +11,7 @@ cover it, and gets exactly the value of all its tiles.
 """
 from __future__ import annotations
 
-import asyncio
 import random
-import threading
 
 import pytest
 import redis
@@ -115,27 +113,11 @@ def events():
 
 
 def _served(redis_url, users, t):
-    result = {}
-
-    async def run():
+    def get(address):
         from serving.client import FeatureClient
-        from serving.server import start_server
-
-        server = await start_server(manifest_from_plan(PLAN, d.PROJECT), redis_url,
-                                    clock=lambda: t)
-        try:
-            def get():
-                with FeatureClient(server.address) as client:
-                    return client.get_online_features(service="all",
-                                                      entities={"user": users}).to_dict()
-            result.update(await asyncio.get_running_loop().run_in_executor(None, get))
-        finally:
-            await server.stop(None)
-
-    thread = threading.Thread(target=lambda: asyncio.run(run()))
-    thread.start()
-    thread.join()
-    return result
+        with FeatureClient(address) as client:
+            return client.get_online_features(service="all", entities={"user": users}).to_dict()
+    return d.with_server(manifest_from_plan(PLAN, d.PROJECT), redis_url, t, get)
 
 
 TIMES = [d.T0 + SPAN - 7 * MIN + 3, d.T0 + 3 * DAY, d.T0 + 3 * DAY - 1, d.T0 + 3 * DAY + HOUR,
