@@ -90,6 +90,9 @@ def _claim(host: str, port: int) -> int:
     bind fails if anyone listens there), or a free one for port 0."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: connections of a server that just stopped (TIME_WAIT)
+        # do not count; a socket listening there still does
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host.strip("[]"), port))
         except OSError as e:
