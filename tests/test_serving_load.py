@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -175,10 +176,11 @@ def test_two_workers_share_one_port(redis_url, tmp_path):
     _write_data(redis_url, row_ts=time.time_ns() // 1000)   # the workers' clock is the wall
     manifest = tmp_path / "manifest.json"
     MANIFEST.save(manifest)
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     parent = subprocess.Popen(
         [sys.executable, "-m", "serving.server", "--manifest", str(manifest),
-         "--redis", redis_url, "--port", str(port), "--workers", "2"], cwd=ROOT,
+         "--redis", redis_url, "--port", str(port), "--workers", "2",
+         "--metrics-port", str(metrics_port)], cwd=ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     address = f"127.0.0.1:{port}"
     try:
@@ -189,6 +191,11 @@ def test_two_workers_share_one_port(redis_url, tmp_path):
         _burst(address, 60)
         used = {pid: _cpu_ticks(pid) - before[pid] for pid in workers}
         assert all(ticks >= 3 for ticks in used.values()), used   # both did real work
+        # one /metrics for both workers, counting every request once
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                      timeout=10).read().decode()
+        assert 'featurestore_grpc_requests_total{code="OK",method="GetOnlineFeatures"} 60.0' \
+            in text
 
         os.kill(workers[0], signal.SIGKILL)                         # a worker dies ...
         deadline = time.monotonic() + 30
