@@ -380,32 +380,32 @@ class RedisSink:
         fields = self._tile_fields(values[n] if view.rollups else None, starts)
         states = self._encoded_states(values[n + 1 + view.rollups:])
         now, keep = self._clock(), view.tiles_keep_us
-        pairs: dict[bytes, list] = {}    # key -> field, state, field, state, ...
-        newest: dict[bytes, int] = {}    # key -> its newest tile start in the batch
+        # (a rollup starts before its tiles: once its start is out of reach,
+        # no window reads it whole, so none reads it at all)
+        cut = -math.inf if keep is None else now - keep
+        # A key lives while a window reaches its newest tile, and at least
+        # until `floor` + keep: tiles arrive at most future_us ahead of now,
+        # so this expiry is never earlier than one set before it.
+        floor = now - now % view.tile_us + view.future_us
+        hsets: dict[bytes, list] = {}    # key -> HSET key field state field state ...
+        ahead: dict[bytes, int] = {}     # key -> its newest start after floor (rare)
         for key, start, field, state in zip(keys, starts, fields, states):
-            # (a rollup starts before its tiles: once its start is out of
-            # reach, no window reads it whole, so none reads it at all)
-            if keep is not None and start + keep <= now:
+            if start <= cut:
                 self.stats.expired += 1
                 continue
-            pair = pairs.get(key)
-            if pair is None:
-                pairs[key] = [field, state]
-                newest[key] = start
+            hset = hsets.get(key)
+            if hset is None:
+                hsets[key] = [b"HSET", key, field, state]
             else:
-                pair += (field, state)
-                if start > newest[key]:
-                    newest[key] = start
-        commands = [(b"HSET", key, *pair) for key, pair in pairs.items()]
+                hset += (field, state)
+            if start > floor:
+                ahead[key] = max(ahead.get(key, start), start)
+        commands = list(map(tuple, hsets.values()))
         if keep is None:
             return commands
-        # A key lives while a window reaches its newest tile. Tiles arrive at
-        # most future_us ahead of now, so this expiry is never earlier than
-        # one set before it; one that is unchanged is not sent again.
-        floor = now - now % view.tile_us + view.future_us
-        for key, tile in newest.items():
-            expire_ms = (max(tile, floor) + keep) // 1000
-            if self._expiry.get(key) != expire_ms:
+        for key in hsets:
+            expire_ms = (ahead.get(key, floor) + keep) // 1000
+            if self._expiry.get(key) != expire_ms:   # one that is unchanged is not sent again
                 expiries[key] = expire_ms
                 commands.append((b"PEXPIREAT", key, expire_ms))
         return commands
