@@ -33,8 +33,6 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -66,8 +64,6 @@ PING_TIMEOUT_S = 1.0
 REDIS_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 0.5,
     "socket_timeout": None,
-    "retry": Retry(NoBackoff(), 1),
-    "retry_on_error": [RedisConnectionError],
 }
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 # Lookups with more values than this (entity rows x features) are answered on
@@ -178,14 +174,14 @@ class OnlineStore:
         """Every command of the lookup in one round trip. The commands are
         packed by hiredis, in C: redis-py's own pipeline packs in Python,
         which cost more than Redis itself for a thousand HMGETs."""
-        packed = b"".join(map(hiredis.pack_command, self._commands(prepared)))
-        count = sum(len(v.entity_keys) * (1 + v.needs_tiles) for v in prepared.views)
+        commands = list(self._commands(prepared))
+        packed = b"".join(map(hiredis.pack_command, commands))
         for attempt in (1, 2):  # a connection that died while idle gets one retry
             pool = self._redis.connection_pool
             conn = await pool.get_connection()
             try:
                 await conn.send_packed_command(packed, check_health=False)
-                return [await conn.read_response(disable_decoding=True) for _ in range(count)]
+                return [await conn.read_response(disable_decoding=True) for _ in commands]
             except RedisConnectionError:
                 await conn.disconnect()
                 if attempt == 2:
