@@ -1,7 +1,7 @@
 """The `featurestore` command line.
 
-Exit codes: 0 ok, 1 a user error (printed as one message, never a traceback),
-2 bad command-line usage.
+Exit codes: 0 ok, 1 a failure (printed as one message with what to do; the
+traceback only with --debug), 2 bad command-line usage, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -12,8 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-from featurestore import config
-from featurestore.repo import UserError
+from featurestore.errors import FeaturestoreError, MissingDependency, ServiceError, UserError
+
+# Top-level module -> the extra that installs it, for a one-line message
+# when a command runs where its extra is not installed.
+EXTRA_OF = {"duckdb": "batch", "lark": "batch", "feast": "batch", "pyflink": "streaming",
+            "redis": "server", "hiredis": "server", "grpc_health": "server",
+            "grpc_reflection": "server", "prometheus_client": "server", "yaml": "server",
+            "pydantic": "server", "pandas": "client", "pyarrow": "client", "torch": "gpu"}
 
 
 def say(msg: str) -> None:
@@ -33,7 +39,10 @@ def parse_time(text: str) -> int:
     return int(t.timestamp()) * 1_000_000 + t.microsecond
 
 
-def _cfg(args) -> config.RepoConfig:
+def _cfg(args):
+    """The repo's settings (featurestore.config.RepoConfig)."""
+    from featurestore import config
+
     root = Path(args.repo) if args.repo else config.find_repo(Path.cwd())
     if args.repo and not (root / config.CONFIG_FILE).is_file():
         raise UserError(f"{root} is not a feature repo: {config.CONFIG_FILE} is missing")
@@ -196,22 +205,15 @@ def cmd_serve(args) -> None:
     if not cfg.manifest_path.exists():
         raise UserError("the repo has not been applied: run `featurestore apply` first")
     url = repo.redis_url(cfg, say, start=False)
-    options = ServerOptions(
-        api_keys=cfg.api_keys, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
-        tls_key=str(cfg.tls_key) if cfg.tls_key else None,
-        metrics_port=args.metrics_port if args.metrics_port is not None else cfg.metrics_port,
-        max_entities=cfg.max_entities, max_request_bytes=cfg.max_request_bytes,
-        **{name: value for name, value in (("max_pending_rows", cfg.max_pending_rows),
-                                           ("redis_connections", cfg.redis_connections))
-           if value is not None})
-    workers = args.workers or cfg.serving_workers or default_workers()
+    options = ServerOptions.from_config(cfg, metrics_port=args.metrics_port)
+    workers = args.workers or cfg.serving.workers or default_workers()
     if workers < 1:
         raise UserError(f"--workers must be at least 1, not {workers}")
     try:
-        serve(cfg.manifest_path, url, args.host or cfg.serving_host,
-              args.port or cfg.serving_port, options, workers)
-    except (OSError, WorkerFailed) as e:
-        raise UserError(str(e)) from None
+        serve(cfg.manifest_path, url, args.host or cfg.serving.host,
+              args.port or cfg.serving.port, options, workers)
+    except WorkerFailed as e:
+        raise ServiceError(str(e)) from None
 
 
 def cmd_get(args) -> None:
@@ -219,8 +221,15 @@ def cmd_get(args) -> None:
 
     target = args.target
     if not target:
+        try:
+            import featurestore.config  # noqa: F401  (reads featurestore.yaml)
+        except ModuleNotFoundError as e:
+            raise UserError(f"without --target, `featurestore get` reads the repo's "
+                            f"featurestore.yaml, which needs the 'server' extra (missing "
+                            f"module {e.name!r}): pass --target HOST:PORT, or pip install "
+                            "'featurestore[server]'") from None
         cfg = _cfg(args)
-        target = f"{cfg.serving_host}:{cfg.serving_port}"
+        target = f"{cfg.serving.host}:{cfg.serving.port}"
     entities: dict[str, list] = {}
     for spec in args.entity:
         name, _, values = spec.partition("=")
@@ -232,13 +241,31 @@ def cmd_get(args) -> None:
     if bool(features) == bool(args.service):
         raise UserError("give exactly one of --service NAME or --features VIEW:FEATURE,...")
     api_key = args.api_key or (os.environ.get("FEATURESTORE_API_KEYS") or "").split(",")[0]
-    with FeatureClient(target, timeout=args.timeout, api_key=api_key or None) as client:
-        result = client.get_online_features(features=features, service=args.service,
-                                            entities=entities)
+    import grpc
+
+    try:
+        with FeatureClient(target, timeout=args.timeout, api_key=api_key or None) as client:
+            result = client.get_online_features(features=features, service=args.service,
+                                                entities=entities)
+    except grpc.RpcError as e:
+        raise ServiceError(_rpc_message(e, target)) from None
     import pandas as pd
 
     with pd.option_context("display.max_columns", None, "display.width", 200):
         say(result.to_pandas().to_string(index=False))
+
+
+def _rpc_message(e, target: str) -> str:
+    """One line for a failed call: the server's status and message, and a hint."""
+    code = e.code()
+    hint = {
+        "UNAVAILABLE": "is `featurestore serve` running there? (--target HOST:PORT picks "
+                       "another server)",
+        "DEADLINE_EXCEEDED": "the server did not answer in time (--timeout SECONDS)",
+        "UNAUTHENTICATED": "pass a key with --api-key or FEATURESTORE_API_KEYS",
+    }.get(code.name if code else "")
+    return (f"the feature server at {target} answered {code.name if code else 'UNKNOWN'}: "
+            f"{e.details() or ''}" + (f"; {hint}" if hint else ""))
 
 
 def cmd_stream(args) -> None:
@@ -293,6 +320,14 @@ def cmd_quickstart(args) -> None:
     run(Path(args.dir), events=args.events, say=say)
 
 
+def cmd_config(args) -> None:
+    import yaml
+
+    cfg = _cfg(args)
+    say(f"# {cfg.root / 'featurestore.yaml'}, with environment overrides; secrets masked")
+    say(yaml.safe_dump(cfg.effective(), sort_keys=False).rstrip())
+
+
 def cmd_down(args) -> None:
     from featurestore import repo
 
@@ -302,10 +337,13 @@ def cmd_down(args) -> None:
 # ------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="featurestore", description="A real-time feature store.")
+    p.add_argument("--debug", action="store_true", help="print tracebacks of failures")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, fn, help: str, repo: bool = True) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help, description=help)
+        s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="print tracebacks of failures")
         if repo:
             s.add_argument("--repo", help="feature repo folder (default: the one around .)")
         s.set_defaults(fn=fn)
@@ -377,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb("quickstart", cmd_quickstart, "run the whole pipeline on generated data", repo=False)
     s.add_argument("dir", nargs="?", default="quickstart", help="folder for the example repo")
     s.add_argument("--events", type=int, default=1_000_000)
+    verb("config", cmd_config, "print the settings in force (featurestore.yaml and the "
+                               "environment), secrets masked")
     verb("down", cmd_down, "stop the repo's private redis-server")
     return p
 
@@ -385,19 +425,38 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (UserError, config.ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # a user-facing failure of a dependency (Redis down, server gone)
-        name = type(e).__module__.split(".")[0]
-        if name in ("redis", "grpc", "duckdb", "_duckdb"):
-            print(f"error: {name}: {e}", file=sys.stderr)
-            return 1
-        raise
+    except Exception as e:
+        message = explain(e, args)
+        if args.debug or message is None:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {message or f'unexpected {type(e).__name__}: {e}'}", file=sys.stderr)
+        if message is None and not args.debug:
+            print("this is a bug in featurestore: please report it with the output of "
+                  "the same command run with --debug", file=sys.stderr)
+        return 1
     return 0
 
 
+def explain(e: Exception, args) -> str | None:
+    """The one-line message for a failure a user can act on; None for a bug."""
+    if isinstance(e, FeaturestoreError):
+        return str(e)
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        extra = EXTRA_OF.get(e.name.split(".")[0])
+        if extra:
+            return str(MissingDependency(e.name, extra, f"`featurestore {args.verb}`"))
+    module = type(e).__module__.split(".")[0]
+    if module == "redis":
+        return f"Redis failed: {e}; check online_store.url, or that the repo's Redis runs"
+    if module in ("duckdb", "_duckdb"):
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"DuckDB failed: {first} (run with --debug for the query)"
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.strerror or e}: {e.filename}"
+    return None
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,45 +16,118 @@
       max_request_bytes: 4194304
       max_pending_rows: 50000           # entity rows a worker holds at once (RESOURCE_EXHAUSTED beyond)
       redis_connections: 32             # Redis connections per worker
+      reload_interval: 2.0              # seconds between checks for an applied change
     batch:
       memory_limit: 4GB                 # DuckDB spills to disk beyond this
 
-Environment variables override the file: FEATURESTORE_REDIS_URL,
-FEATURESTORE_SERVING_PORT, FEATURESTORE_API_KEYS (comma-separated).
+Every section is a typed model (`Settings` and its parts) that refuses keys
+it does not know, with the closest known key and the file:line of the
+mistake. The defaults written here are the only ones: the CLI and the server
+both read them from these models.
+
+Any string value may name environment variables, as Feast's
+feature_store.yaml does: `${NAME}` (an error when NAME is unset) or
+`${NAME:-default}`. The variables FEATURESTORE_REDIS_URL,
+FEATURESTORE_SERVING_PORT and FEATURESTORE_API_KEYS (comma-separated)
+override the file.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from featurestore.errors import ConfigError
 
 CONFIG_FILE = "featurestore.yaml"
 STATE_DIR = ".featurestore"
+ENV_OVERRIDES = {"FEATURESTORE_REDIS_URL": ("online_store", "url"),
+                 "FEATURESTORE_SERVING_PORT": ("serving", "port"),
+                 "FEATURESTORE_API_KEYS": ("serving", "api_keys")}
 
 
-class ConfigError(Exception):
-    """A problem with the repo or its settings, worded for the user."""
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class OnlineStore(_Section):
+    url: Optional[str] = None                   # None: a private redis-server
+
+
+class Serving(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(6566, ge=1, le=65535)
+    workers: Optional[int] = Field(None, ge=1)  # None: one per core
+    api_keys: tuple[str, ...] = ()
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    metrics_port: Optional[int] = Field(None, ge=0, le=65535)
+    max_entities: int = Field(10_000, ge=1)
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_pending_rows: int = Field(50_000, ge=1)
+    redis_connections: int = Field(32, ge=1)
+    reload_interval: float = Field(2.0, gt=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: Any):
+        if isinstance(value, str):
+            raise ValueError("must be a list of keys, e.g. [k1, k2]")
+        if value is not None and not all(isinstance(k, str) and k for k in value):
+            raise ValueError("every key must be a non-empty string")
+        return () if value is None else value
+
+
+class Batch(_Section):
+    memory_limit: str = "4GB"
+
+
+class Settings(_Section):
+    project: Optional[str] = None               # None: the repo folder's name
+    registry: str = f"{STATE_DIR}/registry.db"
+    online_store: OnlineStore = OnlineStore()
+    serving: Serving = Serving()
+    batch: Batch = Batch()
+
+    @field_validator("online_store", "serving", "batch", mode="before")
+    @classmethod
+    def _empty_section(cls, value: Any):
+        return {} if value is None else value   # a section holding only comments
 
 
 @dataclass(frozen=True)
 class RepoConfig:
     root: Path
-    project: str
-    registry: Path
-    redis_url: str | None
-    serving_host: str
-    serving_port: int
-    memory_limit: str
-    api_keys: tuple[str, ...] = ()
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    metrics_port: int | None = None
-    max_entities: int = 10_000
-    max_request_bytes: int = 4 * 1024 * 1024
-    serving_workers: int | None = None
-    max_pending_rows: int | None = None      # None: the server's default (ServerOptions)
-    redis_connections: int | None = None
+    settings: Settings
+
+    @property
+    def project(self) -> str:
+        return self.settings.project or self.root.name
+
+    @property
+    def registry(self) -> Path:
+        return self.root / self.settings.registry
+
+    @property
+    def redis_url(self) -> str | None:
+        return self.settings.online_store.url
+
+    @property
+    def serving(self) -> Serving:
+        return self.settings.serving
+
+    @property
+    def memory_limit(self) -> str:
+        return self.settings.batch.memory_limit
+
+    def path(self, relative: str | None) -> Path | None:
+        return None if relative is None else self.root / relative
 
     @property
     def state_dir(self) -> Path:
@@ -72,6 +145,27 @@ class RepoConfig:
     def feast_dir(self) -> Path:
         return self.state_dir / "feast"
 
+    def effective(self) -> dict:
+        """The settings in force, secrets masked (`featurestore config`)."""
+        doc = self.settings.model_dump(mode="json")
+        doc["project"] = self.project
+        doc["online_store"]["url"] = mask_url(doc["online_store"]["url"])
+        doc["serving"]["api_keys"] = ["***"] * len(doc["serving"]["api_keys"])
+        return doc
+
+
+def mask_url(url: str | None) -> str | None:
+    """`url` with its password replaced by ***."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
 
 def find_repo(start: Path) -> Path:
     """The nearest folder at or above `start` that holds featurestore.yaml."""
@@ -84,56 +178,118 @@ def find_repo(start: Path) -> Path:
                       "`featurestore init DIR`")
 
 
+# ----------------------------------------------------------------- loading
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Positions:
+    """Where each setting of one featurestore.yaml is written (its dotted
+    path -> YAML mark; `<path>#value` for the value's own position)."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        self.marks: dict = {}
+
+    def fail(self, path: str, msg: str):
+        mark = self.marks.get(path) or self.marks.get(path.partition("#")[0])
+        where = f"{self.file}:{mark.line + 1}:{mark.column + 1}" if mark else str(self.file)
+        name = path.partition("#")[0]
+        raise ConfigError(f"{where}: {name + ': ' if name else ''}{msg}")
+
+    def plain(self, node, path: str = "") -> Any:
+        """The YAML node as plain Python, positions recorded and ${ENV}
+        references in strings expanded."""
+        import yaml
+
+        self.marks.setdefault(path, node.start_mark)
+        if isinstance(node, yaml.MappingNode):
+            out = {}
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                sub = f"{path}.{key}" if path else key
+                self.marks[sub] = key_node.start_mark
+                self.marks[f"{sub}#value"] = value_node.start_mark
+                out[key] = self.plain(value_node, sub)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.plain(item, f"{path}.{i}") for i, item in enumerate(node.value)]
+        value = yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+        if isinstance(value, str) and "${" in value:
+            value = _expand(value, lambda msg: self.fail(path, msg))
+        return value
+
+
+def _expand(text: str, fail) -> str:
+    """`text` with ${NAME} and ${NAME:-default} replaced from the environment."""
+    def one(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        fail(f"environment variable {name} is not set (write ${{{name}:-default}} "
+             "for a fallback)")
+    return _ENV_REF.sub(one, text)
+
+
+def _known(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys the section at `loc` (the error's location minus its last
+    part) accepts."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type)
+                                 and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
 def load(root: Path) -> RepoConfig:
     import yaml
 
     path = root / CONFIG_FILE
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    pos = _Positions(path)
+    doc = pos.plain(node) if node is not None else {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
-    project = str(doc.get("project") or root.name)
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", project):
-        raise ConfigError(f"{path}: project {project!r} must be letters, digits and '_'")
-    online = doc.get("online_store") or {}
-    serving = doc.get("serving") or {}
-    batch = doc.get("batch") or {}
-    url = os.environ.get("FEATURESTORE_REDIS_URL") or online.get("url")
-    port = os.environ.get("FEATURESTORE_SERVING_PORT") or serving.get("port", 6566)
+    for var, (section, key) in ENV_OVERRIDES.items():
+        value = os.environ.get(var)
+        if value:
+            sub = doc.get(section)
+            doc[section] = sub = dict(sub) if isinstance(sub, dict) else {}
+            sub[key] = value.split(",") if key == "api_keys" else value
     try:
-        port = int(port)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{path}: serving.port must be a number, not {port!r}") from None
-    keys = os.environ.get("FEATURESTORE_API_KEYS")
-    keys = keys.split(",") if keys else serving.get("api_keys") or []
-    if isinstance(keys, str) or not all(isinstance(k, str) and k for k in keys):
-        raise ConfigError(f"{path}: serving.api_keys must be a list of non-empty strings")
-    return RepoConfig(
-        root=root,
-        project=project,
-        registry=root / str(doc.get("registry", f"{STATE_DIR}/registry.db")),
-        redis_url=url,
-        serving_host=str(serving.get("host", "127.0.0.1")),
-        serving_port=port,
-        memory_limit=str(batch.get("memory_limit", "4GB")),
-        api_keys=tuple(keys),
-        tls_cert=root / serving["tls_cert"] if serving.get("tls_cert") else None,
-        tls_key=root / serving["tls_key"] if serving.get("tls_key") else None,
-        metrics_port=_int(path, serving, "metrics_port", None),
-        max_entities=_int(path, serving, "max_entities", 10_000),
-        max_request_bytes=_int(path, serving, "max_request_bytes", 4 * 1024 * 1024),
-        serving_workers=_int(path, serving, "workers", None),
-        max_pending_rows=_int(path, serving, "max_pending_rows", None),
-        redis_connections=_int(path, serving, "redis_connections", None),
-    )
-
-
-def _int(path: Path, section: dict, name: str, default: int | None) -> int | None:
-    value = section.get(name, default)
-    if value is None or isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise ConfigError(f"{path}: serving.{name} must be a whole number, not {value!r}")
+        settings = Settings.model_validate(doc)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(str(p) for p in err["loc"])
+        dotted = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            known = _known(Settings, loc)
+            close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+            hint = (f"did you mean {close[0]!r}?" if close else
+                    f"known keys: {', '.join(known)}")
+            pos.fail(dotted, f"unknown setting; {hint}")
+        env = [v for v, target in ENV_OVERRIDES.items()
+               if target == loc[:2] and os.environ.get(v)]
+        source = f" (from {env[0]})" if env else ""
+        pos.fail(f"{dotted}#value",
+              f"{err['msg']}, not {err.get('input')!r}{source}")
+    if settings.project is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*",
+                                                         settings.project):
+        pos.fail("project#value",
+              f"project {settings.project!r} must be letters, digits and '_'")
+    if not settings.project and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", root.name):
+        raise ConfigError(f"{path}: set `project:` (the folder name {root.name!r} is not "
+                          "letters, digits and '_')")
+    if bool(settings.serving.tls_cert) != bool(settings.serving.tls_key):
+        pos.fail("serving", "tls_cert and tls_key go together: set both or neither")
+    return RepoConfig(root=root, settings=settings)

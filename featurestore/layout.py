@@ -12,6 +12,7 @@ Keys (UTF-8):
     fs3:<project>:<view>:<fingerprint>:{<entity key>}:t   tiles of the view (a hash)
     fs3:<project>:<view>:<fingerprint>:materialized       the batch watermark (JSON)
     fs3:<project>:<view>:<fingerprint>:dropped            events the stream dropped (a hash)
+    fs3:<project>:<view>:<fingerprint>:live               the stream job writes this version (JSON)
 
 * `<fingerprint>` hashes the view's definition, so a changed view never reads
   state written under an older one.
@@ -36,6 +37,9 @@ Values:
   it; both engines write them, whole, as they write tiles.
 * watermark `{"end_us": E}`: batch materialization has written every event
   with ts <= E (`featurestore materialize --incremental` continues after E).
+* live `{"since_us": T}`: the stream job has written this version of the view
+  since T (wall clock). The watermark or the live key is what tells a server
+  that Redis holds a version of a view (`serving.versions`).
 
 JSON text is Python's `json.dumps(separators=(",", ":"), ensure_ascii=False)`:
 floats in their shortest round-trip form (`repr`), NaN and infinities as
@@ -86,6 +90,14 @@ def tiles_key(project: str, view: str, fingerprint: str, entity_key: str) -> byt
 
 def watermark_key(project: str, view: str, fingerprint: str) -> bytes:
     return f"{PREFIX}:{project}:{view}:{fingerprint}:materialized".encode()
+
+
+def live_key(project: str, view: str, fingerprint: str) -> bytes:
+    return f"{PREFIX}:{project}:{view}:{fingerprint}:live".encode()
+
+
+def encode_live(since_us: int) -> bytes:
+    return _dumps({"since_us": int(since_us)}).encode()
 
 
 def dropped_key(project: str, view: str, fingerprint: str) -> bytes:

@@ -106,6 +106,24 @@ def start(dir: str | Path, port: int | None = None, persist: bool = False,
     raise RuntimeError(f"redis-server did not start on port {port}:\n{log}")
 
 
+def last_port(dir: str | Path) -> int | None:
+    """The port the server with files in `dir` last listened on."""
+    try:
+        return int((Path(dir) / "redis.port").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def find_running(dir: str | Path) -> LocalRedis | None:
     """The daemonized server whose files are in `dir`, when it still answers."""
     d = Path(dir)

@@ -11,13 +11,10 @@ from typing import Callable
 
 from featurestore import redis_local
 from featurestore.config import RepoConfig
+from featurestore.errors import DefinitionError, ServiceError, UserError
 
 Say = Callable[[str], None]
 TEMPLATE = Path(__file__).parent / "templates" / "repo"
-
-
-class UserError(Exception):
-    """A mistake the user can fix; the CLI prints it and exits 1."""
 
 
 @dataclass
@@ -38,10 +35,10 @@ def compile_repo(cfg: RepoConfig) -> Compiled:
 
 
 def require_plan(cfg: RepoConfig):
-    """The repo's plan, or a UserError holding every diagnostic."""
+    """The repo's plan, or a DefinitionError holding every diagnostic."""
     c = compile_repo(cfg)
     if c.errors:
-        raise UserError(f"{c.report}\n{c.errors} error(s) in the feature definitions")
+        raise DefinitionError(f"{c.report}\n{c.errors} error(s) in the feature definitions")
     if not c.plan.views:
         raise UserError(f"no views are defined under {cfg.root / 'features'}")
     return c.plan
@@ -72,8 +69,20 @@ def apply(cfg: RepoConfig, plan, say: Say, dry_run: bool = False):
     if dry_run:
         return feast_registry.diff(plan, store)
     changes = feast_registry.apply(plan, cfg, store)
-    manifest_from_plan(plan, cfg.project).save(cfg.manifest_path)
+    manifest_from_plan(plan, cfg.project).succeeding(load_manifest(cfg)).save(cfg.manifest_path)
     return changes
+
+
+def load_manifest(cfg: RepoConfig):
+    """The serving manifest `apply` last wrote, or None."""
+    from featurestore.manifest import Manifest
+
+    try:
+        return Manifest.load(cfg.manifest_path)
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError):   # an older release's manifest: nothing to keep
+        return None
 
 
 def redis_url(cfg: RepoConfig, say: Say, start: bool = True) -> str:
@@ -87,13 +96,20 @@ def redis_url(cfg: RepoConfig, say: Say, start: bool = True) -> str:
     if not start:
         raise UserError("no Redis is configured and this repo's private redis-server is not "
                         "running: run `featurestore materialize` first, or set online_store.url")
+    # the port it had before (`down`, a reboot), so that a running server
+    # and the URLs users noted keep working; a new one only when it is taken
+    port = redis_local.last_port(cfg.local_redis_dir)
+    moved = port is not None and not redis_local.port_free(port)
     try:
-        server = redis_local.start(cfg.local_redis_dir, persist=True, daemonize=True)
+        server = redis_local.start(cfg.local_redis_dir, port=None if moved else port,
+                                   persist=True, daemonize=True)
     except redis_local.RedisNotInstalled as e:
-        raise UserError(str(e)) from None
+        raise ServiceError(str(e)) from None
     (cfg.local_redis_dir / "redis.port").write_text(str(server.port))
+    note = (f" (its port {port} is taken now: restart `featurestore serve`)" if moved else
+            " again" if port is not None else "")
     say(f"no online_store.url configured: started a private redis-server on 127.0.0.1:"
-        f"{server.port} (files in {cfg.local_redis_dir}); `featurestore down` stops it")
+        f"{server.port}{note} (files in {cfg.local_redis_dir}); `featurestore down` stops it")
     return server.url
 
 

@@ -151,17 +151,25 @@ class _Shape:
     views: tuple[tuple[ViewSpec, tuple[Feature, ...], tuple[Feature, ...],
                        tuple[int | None, ...]], ...]   # view, rows, aggregations, reaches
     key_kinds: dict[str, str]
-    grouped: dict[str, tuple[ViewSpec, list[Feature]]]
+    grouped: dict[tuple, tuple[ViewSpec, list[Feature]]]
 
 
 class Resolver:
     """Resolves requests against one manifest, remembering the shapes of the
-    requests it has seen (model servers send the same few, again and again)."""
+    requests it has seen (model servers send the same few, again and again).
+
+    `served` names, per view, the version lookups read when it is not the
+    applied one (`serving.versions`): names and services resolve against the
+    applied manifest, then each feature the served version also defines is
+    read from it; a feature only the applied version defines is read from
+    that version (NOT_FOUND until it is materialized)."""
 
     MAX_SHAPES = 1024
 
-    def __init__(self, manifest: Manifest):
+    def __init__(self, manifest: Manifest, served: Mapping[str, ViewSpec] | None = None):
         self.manifest = manifest
+        self.served = {name: view for name, view in (served or {}).items()
+                       if view is not manifest.views.get(name)}
         self._shapes: dict[tuple, _Shape] = {}
 
     def shape(self, request: pb.GetOnlineFeaturesRequest) -> _Shape:
@@ -171,15 +179,18 @@ class Resolver:
         key = (kind, named, request.full_feature_names)
         shape = self._shapes.get(key)
         if shape is None:
-            shape = _resolve_shape(self.manifest, request)
+            shape = _resolve_shape(self.manifest, request, self.served)
             if len(self._shapes) >= self.MAX_SHAPES:
                 self._shapes.clear()
             self._shapes[key] = shape
         return shape
 
 
-def _resolve_shape(manifest: Manifest, request: pb.GetOnlineFeaturesRequest) -> _Shape:
+def _resolve_shape(manifest: Manifest, request: pb.GetOnlineFeaturesRequest,
+                   served: Mapping[str, ViewSpec]) -> _Shape:
     refs = _requested(manifest, request)
+    if served:
+        refs = [_served(served, view, spec) for view, spec in refs]
     features = _name_features(refs, request.full_feature_names)
     grouped = _group_by_view(features)
     key_kinds = _key_kinds(grouped)
@@ -271,6 +282,14 @@ def _requested(manifest: Manifest,
     return refs
 
 
+def _served(served: Mapping[str, ViewSpec], view: ViewSpec,
+            spec: FeatureSpec) -> tuple[ViewSpec, FeatureSpec]:
+    """Where a feature of the applied `view` is read from."""
+    older = served.get(view.name)
+    same = older.feature(spec.name) if older is not None else None
+    return (older, same) if same is not None else (view, spec)
+
+
 def _expand(view: ViewSpec, feature: str) -> list[tuple[ViewSpec, FeatureSpec]]:
     if feature == "*":
         return [(view, f) for f in view.features]
@@ -313,11 +332,12 @@ def _name_features(refs, full_names: bool) -> list[Feature]:
     return features
 
 
-def _group_by_view(features: list[Feature]) -> dict[str, tuple[ViewSpec, list[Feature]]]:
-    """View name -> (view, its requested features), in order of first use."""
-    views: dict[str, tuple[ViewSpec, list[Feature]]] = {}
+def _group_by_view(features: list[Feature]) -> dict[tuple, tuple[ViewSpec, list[Feature]]]:
+    """(view, version) -> (view, its requested features), in order of first
+    use. Two versions of one view are read while a change is materialized."""
+    views: dict[tuple, tuple[ViewSpec, list[Feature]]] = {}
     for f in features:
-        views.setdefault(f.view.name, (f.view, []))[1].append(f)
+        views.setdefault((f.view.name, f.view.fingerprint), (f.view, []))[1].append(f)
     return views
 
 

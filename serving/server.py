@@ -37,15 +37,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from featurestore import layout
+from featurestore import config, layout
 from featurestore.manifest import Manifest
 from serving import interceptors, lookup
+from serving.versions import Versions
 from serving.v1 import serving_pb2, serving_pb2_grpc
 
 log = logging.getLogger("featurestore.serving")
 
 SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["ServingService"].full_name
-DEFAULT_PORT = 6566  # Feast's serving port: what users' configs already say
+_DEFAULTS = config.Serving()   # the one home of every serving default
+DEFAULT_PORT = _DEFAULTS.port  # Feast's serving port: what users' configs already say
 SHUTDOWN_GRACE_S = 5.0
 PROBE_INTERVAL_S = 2.0
 
@@ -86,15 +88,32 @@ class ServerOptions:
                       answered); a request beyond them gets RESOURCE_EXHAUSTED
                       (one request alone is always taken)
     redis_connections Redis connections per worker; more lookups wait for one
+    reload_interval   seconds between checks of the manifest file and of the
+                      view versions Redis holds (`serving.versions`)
     """
     api_keys: tuple[str, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
     metrics_port: int | None = None
-    max_request_bytes: int = 4 * 1024 * 1024
-    max_entities: int = 10_000
-    max_pending_rows: int = 50_000
-    redis_connections: int = 32
+    max_request_bytes: int = _DEFAULTS.max_request_bytes
+    max_entities: int = _DEFAULTS.max_entities
+    max_pending_rows: int = _DEFAULTS.max_pending_rows
+    redis_connections: int = _DEFAULTS.redis_connections
+    reload_interval: float = _DEFAULTS.reload_interval
+
+    @classmethod
+    def from_config(cls, cfg: config.RepoConfig, metrics_port: int | None = None
+                    ) -> "ServerOptions":
+        """The options `featurestore.yaml`'s serving section sets
+        (`metrics_port`, when given, overrides it)."""
+        s = cfg.serving
+        return cls(api_keys=s.api_keys,
+                   tls_cert=str(cfg.path(s.tls_cert)) if s.tls_cert else None,
+                   tls_key=str(cfg.path(s.tls_key)) if s.tls_key else None,
+                   metrics_port=s.metrics_port if metrics_port is None else metrics_port,
+                   max_request_bytes=s.max_request_bytes, max_entities=s.max_entities,
+                   max_pending_rows=s.max_pending_rows,
+                   redis_connections=s.redis_connections, reload_interval=s.reload_interval)
 
 
 class StoreUnavailable(RuntimeError):
@@ -152,6 +171,15 @@ class OnlineStore:
         if self._up is not True:
             await self.report(None)
         return _per_view(prepared, replies)
+
+    async def exists(self, keys) -> list[bool]:
+        """Which of `keys` Redis holds (raises when it does not answer)."""
+        async with self._slots:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.exists(key)
+                return [bool(n) for n in await asyncio.wait_for(pipe.execute(),
+                                                                READ_TIMEOUT_S)]
 
     async def _await_read(self, read: asyncio.Future, deadline: float | None) -> list:
         loop = asyncio.get_running_loop()
@@ -278,10 +306,11 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
     """ServingService: validates with `serving.lookup`, reads the `OnlineStore`,
     and maps failures to status codes."""
 
-    def __init__(self, manifest: Manifest, store: OnlineStore, clock: Clock = wall_clock_us,
+    def __init__(self, manifest: Manifest | Versions, store: OnlineStore,
+                 clock: Clock = wall_clock_us,
                  max_entities: int = ServerOptions.max_entities,
                  max_pending_rows: int = ServerOptions.max_pending_rows):
-        self._resolver = lookup.Resolver(manifest)
+        self.versions = manifest if isinstance(manifest, Versions) else Versions(manifest)
         self._store = store
         self._clock = clock
         self._max_entities = max_entities
@@ -295,7 +324,7 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
                                 context: grpc.aio.ServicerContext
                                 ) -> serving_pb2.GetOnlineFeaturesResponse:
         try:
-            prepared = lookup.prepare(self._resolver, request, self._clock())
+            prepared = lookup.prepare(self.versions.resolver, request, self._clock())
         except lookup.BadRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         rows = prepared.rows
@@ -320,6 +349,19 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
         finally:
             self._pending -= rows
 
+    async def watch_versions(self, interval: float) -> None:
+        """Pick up applied changes and newly written view versions, every
+        `interval` seconds (`serving.versions`)."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.refresh_versions()
+
+    async def refresh_versions(self) -> None:
+        try:
+            await self.versions.refresh(self._store.exists)
+        except (RedisError, OSError, asyncio.TimeoutError) as e:
+            log.debug("could not check which view versions Redis holds: %s", e)
+
     async def _read(self, prepared: lookup.Prepared, context: grpc.aio.ServicerContext):
         try:
             # The client's deadline bounds the Redis read: none outlives its RPC.
@@ -342,7 +384,8 @@ class RunningServer:
 
     def __init__(self, server: grpc.aio.Server, host: str, port: int, store: OnlineStore,
                  servicer: FeatureServicer, health: grpc_health.aio.HealthServicer,
-                 watcher: asyncio.Task, metrics: "_Metrics | None" = None):
+                 watcher: asyncio.Task, reloader: asyncio.Task,
+                 metrics: "_Metrics | None" = None):
         self.port = port
         self._servicer = servicer
         self.address = _host_port(host, port)
@@ -352,12 +395,14 @@ class RunningServer:
         self._store = store
         self._health = health
         self._watcher = watcher
+        self._reloader = reloader
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, refuse new RPCs, give in-flight ones `grace`
         seconds (None: cancel them now), then close the Redis connections."""
         await self._health.enter_graceful_shutdown()
         self._watcher.cancel()
+        self._reloader.cancel()
         await self._server.stop(grace)
         self._servicer.close()
         await self._store.close()
@@ -417,7 +462,8 @@ def _bind(server: grpc.aio.Server, address: str, options: ServerOptions) -> int:
 async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.1",
                        port: int = 0, clock: Clock | None = None,
                        options: ServerOptions | None = None, *,
-                       worker: bool = False) -> RunningServer:
+                       worker: bool = False,
+                       manifest_path: str | Path | None = None) -> RunningServer:
     """Start serving `manifest` from the Redis at `redis_url` on `host:port`
     (port 0: any free port, see `.port`). `clock` returns "now" in epoch
     microseconds (default: the wall clock); windows end and ttls count back
@@ -434,8 +480,8 @@ async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.
     if options.metrics_port is not None:
         metrics = _Metrics(host, None if worker else options.metrics_port)
     server = _grpc_server(options, metrics, reuse_port=worker)
-    servicer = FeatureServicer(manifest, store, clock or wall_clock_us, options.max_entities,
-                               options.max_pending_rows)
+    servicer = FeatureServicer(Versions(manifest, manifest_path), store, clock or wall_clock_us,
+                               options.max_entities, options.max_pending_rows)
     serving_pb2_grpc.add_ServingServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -443,6 +489,7 @@ async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.
     try:
         bound = _bind(server, _host_port(host, port), options)
         await store.probe()
+        await servicer.refresh_versions()
         await server.start()
     except BaseException:
         await store.close()
@@ -450,7 +497,9 @@ async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.
             metrics.close()
         raise
     watcher = asyncio.create_task(store.watch(PROBE_INTERVAL_S))
-    return RunningServer(server, host, bound, store, servicer, health, watcher, metrics)
+    reloader = asyncio.create_task(servicer.watch_versions(options.reload_interval))
+    return RunningServer(server, host, bound, store, servicer, health, watcher, reloader,
+                         metrics)
 
 
 def serve(manifest_path: str | Path, redis_url: str, host: str = "127.0.0.1",
@@ -459,14 +508,15 @@ def serve(manifest_path: str | Path, redis_url: str, host: str = "127.0.0.1",
     """Serve the manifest at `manifest_path` until SIGINT or SIGTERM (blocking),
     in this process (`workers` 1) or in `workers` processes sharing the port
     (`serving.workers`)."""
+    from serving import workers as pool
+
     _configure_logging()
     options = options or ServerOptions()
     if workers > 1:
-        from serving import workers as pool
         pool.serve(str(manifest_path), redis_url, host, port, options, workers)
         return
-    asyncio.run(serve_until_signalled(Manifest.load(manifest_path), redis_url, host, port,
-                                      options))
+    port = pool.claim(host, port)   # a taken port is one message, not a bind traceback
+    asyncio.run(serve_until_signalled(manifest_path, redis_url, host, port, options))
 
 
 def _configure_logging() -> None:
@@ -475,17 +525,18 @@ def _configure_logging() -> None:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-async def serve_until_signalled(manifest: Manifest, redis_url: str, host: str, port: int,
+async def serve_until_signalled(manifest_path: str | Path, redis_url: str, host: str, port: int,
                                 options: ServerOptions, worker: str | None = None,
                                 on_ready: Callable[[], object] | None = None) -> None:
-    """Serve until SIGINT or SIGTERM, then stop gracefully. `worker` names
-    the process when it is one of several sharing the port; `on_ready` is
-    called once it serves."""
+    """Serve the manifest at `manifest_path` (re-read when it changes) until
+    SIGINT or SIGTERM, then stop gracefully. `worker` names the process when
+    it is one of several sharing the port; `on_ready` is called once it serves."""
+    manifest = Manifest.load(manifest_path)
     # Switch threads every ms (not 5): a thread merging a large request then
     # hands the event loop the GIL soon enough for small requests' latency.
     sys.setswitchinterval(0.001)
     running = await start_server(manifest, redis_url, host, port, options=options,
-                                 worker=worker is not None)
+                                 worker=worker is not None, manifest_path=manifest_path)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

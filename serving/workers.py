@@ -30,6 +30,8 @@ import tempfile
 import threading
 import time
 
+from featurestore.errors import ServiceError
+
 log = logging.getLogger("featurestore.serving")
 
 RESTART_DELAY_S = 1.0
@@ -50,7 +52,7 @@ def default_workers() -> int:
 
 def serve(manifest_path: str, redis_url: str, host: str, port: int, options, workers: int) -> None:
     """Run `workers` server processes on host:port until SIGINT or SIGTERM."""
-    port = _claim(host, port)
+    port = claim(host, port)
     metrics_dir = None
     if options.metrics_port is not None:
         metrics_dir = tempfile.mkdtemp(prefix="featurestore-metrics-")
@@ -85,7 +87,7 @@ def serve(manifest_path: str, redis_url: str, host: str, port: int, options, wor
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _claim(host: str, port: int) -> int:
+def claim(host: str, port: int) -> int:
     """The port the workers will share: `port`, checked to be free (a plain
     bind fails if anyone listens there), or a free one for port 0."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -96,7 +98,9 @@ def _claim(host: str, port: int) -> int:
         try:
             probe.bind((host.strip("[]"), port))
         except OSError as e:
-            raise OSError(f"cannot serve on {host}:{port}: {e.strerror}") from None
+            raise ServiceError(f"cannot serve on {host}:{port}: {e.strerror}; stop what "
+                               "listens there, or choose another port with --port N (or "
+                               "serving.port in featurestore.yaml)") from None
         return probe.getsockname()[1]
 
 
@@ -126,14 +130,13 @@ def _worker_main(manifest_path: str, redis_url: str, host: str, port: int, optio
                  name: str, ready) -> None:
     import asyncio
 
-    from featurestore.manifest import Manifest
     from serving import server
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     _stop_with_parent()
     server._configure_logging()
-    asyncio.run(server.serve_until_signalled(Manifest.load(manifest_path), redis_url, host,
-                                             port, options, worker=name, on_ready=ready.set))
+    asyncio.run(server.serve_until_signalled(manifest_path, redis_url, host, port, options,
+                                             worker=name, on_ready=ready.set))
 
 
 def _stop_with_parent() -> None:

@@ -277,6 +277,7 @@ class RedisSink:
         self._keys: dict[tuple, bytes] = {}
         self._expiry: dict[bytes, int] = {}   # the expiry each tiles key was last given
         self._decode_latest = latest_decoder(view.row_kinds)
+        self._live = False   # the version's live key is set (serving.versions)
         # per state column of every aggregation, in order: (decoder, index of
         # each of its fields among the state fields) and what it holds; per
         # aggregation, None for a bare state or its number of columns
@@ -314,12 +315,18 @@ class RedisSink:
             key = layout.dropped_key(self.project, self.view.name, self.view.fingerprint)
             commands = [(b"HSET", key, layout.dropped_field(reason, hour), count)
                         for reason, hour, count in zip(*values)]
+        written = len(commands)
+        if commands and not self._live and self.part != DROPPED:
+            commands.append((b"SET", layout.live_key(self.project, self.view.name,
+                                                     self.view.fingerprint),
+                             layout.encode_live(self._clock()), b"NX"))
         self._send(commands)
+        self._live = self._live or (bool(commands) and self.part != DROPPED)
         if len(self._expiry) + len(expiries) > 1_000_000:
             self._expiry.clear()
         self._expiry.update(expiries)   # only once Redis has them
-        self.stats.written += len(commands)
-        return len(commands)
+        self.stats.written += written
+        return written
 
     def _send(self, commands: list[tuple]) -> None:
         """Send commands in one round trip and read every reply (an error

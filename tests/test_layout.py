@@ -35,6 +35,8 @@ def _vectors() -> dict[str, str]:
              [1767225600000000, "x"], ["a", "ü"], None, [4, 10, 0, 0, 30, 0]]).decode(),
         "watermark key": layout.watermark_key("shop", "user_spend", "0a1b2c3d").decode(),
         "watermark value": layout.encode_watermark(1767225600000000).decode(),
+        "live key": layout.live_key("shop", "user_spend", "0a1b2c3d").decode(),
+        "live value": layout.encode_live(1767225600000000).decode(),
     }
 
 
