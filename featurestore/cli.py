@@ -77,6 +77,13 @@ def cmd_check(args) -> None:
     p = c.plan
     say(f"ok: {len(p.entities)} entities, {len(p.sources)} sources, {len(p.views)} views "
         f"({sum(len(v.feature_names) for v in p.views)} features), {len(p.services)} services")
+    if args.data:
+        from featurestore.schema_check import require_valid_data
+
+        require_valid_data(p, cfg.root)
+        batch = sum(1 for s in p.sources if s.kind == "batch")
+        say(f"ok: the data of {batch} batch source{'s' if batch != 1 else ''} "
+            "matches the declared schemas")
 
 
 def cmd_compile(args) -> None:
@@ -126,16 +133,29 @@ def cmd_plan(args) -> None:
     from featurestore import repo
 
     cfg = _cfg(args)
-    say(repo.apply(cfg, repo.require_plan(cfg), say, dry_run=True).render())
+    plan = repo.require_plan(cfg)
+    say(repo.apply(cfg, plan, say, dry_run=True).render())
+    _say_unwritten(repo.unwritten(cfg, plan), "after `featurestore apply`, ")
+
+
+def _say_unwritten(lines: list[str], when: str = "") -> None:
+    if lines:
+        say(f"{when}these views serve their new definition once Redis holds it:")
+        for line in lines:
+            say(line)
 
 
 def cmd_apply(args) -> None:
     from featurestore import repo
+    from featurestore.schema_check import require_valid_data
 
     cfg = _cfg(args)
-    changes = repo.apply(cfg, repo.require_plan(cfg), say)
+    plan = repo.require_plan(cfg)
+    require_valid_data(plan, cfg.root)  # a mismatch applies nothing
+    changes = repo.apply(cfg, plan, say)
     say(changes.render("Applied") if not changes.empty else "No changes: the registry is up to date.")
     say(f"registry: {cfg.registry}; serving manifest: {cfg.manifest_path}")
+    _say_unwritten(repo.unwritten(cfg, plan))
 
 
 def cmd_materialize(args) -> None:
@@ -320,6 +340,12 @@ def cmd_quickstart(args) -> None:
     run(Path(args.dir), events=args.events, say=say)
 
 
+def cmd_gc(args) -> None:
+    from featurestore import repo
+
+    repo.gc(_cfg(args), say, dry_run=args.dry_run)
+
+
 def cmd_config(args) -> None:
     import yaml
 
@@ -351,14 +377,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = verb("init", cmd_init, "scaffold a feature repo", repo=False)
     s.add_argument("dir", help="folder to create")
-    verb("check", cmd_check, "parse and type-check the .feat files")
+    s = verb("check", cmd_check, "parse and type-check the .feat files")
+    s.add_argument("--data", action="store_true",
+                   help="also compare each batch source's data with its declared schema")
     s = verb("compile", cmd_compile, "write every backend's artifacts (plan, SQL, Feast, Redis)")
     s.add_argument("--out", help="folder for the artifacts (default .featurestore/compiled)")
     s = verb("fmt", cmd_fmt, "rewrite the .feat files in the canonical layout")
     s.add_argument("--check", action="store_true",
                    help="change nothing; exit 1 if a file is not formatted")
     verb("plan", cmd_plan, "show what `apply` would change in the registry")
-    verb("apply", cmd_apply, "write the definitions to the Feast registry")
+    verb("apply", cmd_apply, "check the sources' data, then write the definitions to the "
+                             "Feast registry")
     s = verb("materialize", cmd_materialize, "compute features with DuckDB and write them to Redis")
     s.add_argument("--end", help="materialize as of this time (ISO 8601, UTC); default now")
     s.add_argument("--start", help="read only events from this time on (ISO 8601, UTC); "
@@ -415,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb("quickstart", cmd_quickstart, "run the whole pipeline on generated data", repo=False)
     s.add_argument("dir", nargs="?", default="quickstart", help="folder for the example repo")
     s.add_argument("--events", type=int, default=1_000_000)
+    s = verb("gc", cmd_gc, "remove keys of retired view versions, removed views and older "
+                           "layouts from Redis")
+    s.add_argument("--dry-run", action="store_true", help="count them, remove nothing")
     verb("config", cmd_config, "print the settings in force (featurestore.yaml and the "
                                "environment), secrets masked")
     verb("down", cmd_down, "stop the repo's private redis-server")

@@ -5,12 +5,12 @@ The CLI is a thin shell over these; tests and the quickstart call them too.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from featurestore import redis_local
-from featurestore.config import RepoConfig
+from featurestore.config import RepoConfig, mask_url
 from featurestore.errors import DefinitionError, ServiceError, UserError
 
 Say = Callable[[str], None]
@@ -71,6 +71,132 @@ def apply(cfg: RepoConfig, plan, say: Say, dry_run: bool = False):
     changes = feast_registry.apply(plan, cfg, store)
     manifest_from_plan(plan, cfg.project).succeeding(load_manifest(cfg)).save(cfg.manifest_path)
     return changes
+
+
+def unwritten(cfg: RepoConfig, plan) -> list[str]:
+    """One line per view whose applied definition Redis does not hold yet:
+    what writes it, roughly what that reads, and what serves meanwhile."""
+    url = cfg.redis_url
+    if url is None:
+        running = redis_local.find_running(cfg.local_redis_dir)
+        url = running.url if running else None
+    held = _written(cfg, plan, url) if url else {}
+    if held is None:
+        return [f"(Redis at {url} did not answer: cannot tell which views it holds)"]
+    previous = load_manifest(cfg)
+    sources = {s.name: s for s in plan.sources}
+    lines = []
+    for v in plan.views:
+        if held.get(v.name):
+            continue
+        source = sources[v.source]
+        earlier = previous is not None and any(
+            old.fingerprint != v.fingerprint() and held.get((v.name, old.fingerprint))
+            for old in (previous.versions(v.name) if v.name in previous.views else ()))
+        meanwhile = ("servers keep serving its previous version" if earlier else
+                     "its features are NOT_FOUND")
+        if source.kind == "stream":
+            lines.append(f"  {v.name}: (re)start `featurestore stream` to write it; "
+                         f"until it writes, {meanwhile}")
+        else:
+            lines.append(f"  {v.name}: run `featurestore materialize --views {v.name}` "
+                         f"({_reads(cfg, source)}); until then {meanwhile}")
+    return lines
+
+
+def _written(cfg: RepoConfig, plan, url: str) -> dict | None:
+    """View name -> whether Redis holds its planned version, and
+    (view, fingerprint) -> the same for the versions the manifest remembers;
+    None when Redis does not answer."""
+    import redis
+
+    from featurestore import layout
+
+    previous = load_manifest(cfg)
+    asked = [(v.name, v.name, v.fingerprint()) for v in plan.views]
+    if previous is not None:
+        asked += [((name, old.fingerprint), name, old.fingerprint)
+                  for name in previous.views for old in previous.versions(name)]
+    try:
+        with redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0) as r:
+            pipe = r.pipeline(transaction=False)
+            for _, name, fp in asked:
+                pipe.exists(layout.watermark_key(cfg.project, name, fp),
+                            layout.live_key(cfg.project, name, fp))
+            return {label: bool(n) for (label, _, _), n in zip(asked, pipe.execute())}
+    except (redis.RedisError, OSError):
+        return None
+
+
+def _reads(cfg: RepoConfig, source) -> str:
+    """Roughly what materializing from `source` reads."""
+    if source.format in ("parquet", "csv"):
+        files = [p for p in cfg.root.glob(source.path) if p.is_file()] \
+            if not Path(source.path).is_absolute() else \
+            [p for p in Path("/").glob(source.path.lstrip("/")) if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
+        return f"reads {len(files)} file(s), {size / 1e6:,.1f} MB, of {source.path}"
+    return f"reads {source.format} {source.path}"
+
+
+def gc(cfg: RepoConfig, say: Say, dry_run: bool = False) -> int:
+    """Remove from Redis the keys no server reads: earlier versions of views
+    whose applied version Redis holds, views no longer defined, and older
+    layouts (`fs1:`, `fs2:`). Versions still served while their view's new
+    version is being written are kept. Returns the number of keys removed
+    (or, with `dry_run`, that would be)."""
+    import redis
+
+    from featurestore import layout
+
+    manifest = load_manifest(cfg)
+    if manifest is None:
+        raise UserError("the repo has not been applied: run `featurestore apply` first")
+    url = redis_url(cfg, say, start=False)
+    keep: set[tuple[str, str]] = set()
+    retired: list[str] = []
+    with redis.Redis.from_url(url, socket_timeout=10.0) as r:
+        for name, view in manifest.views.items():
+            keep.add((name, view.fingerprint))
+            if not manifest.previous.get(name):
+                continue
+            if r.exists(layout.watermark_key(cfg.project, name, view.fingerprint),
+                        layout.live_key(cfg.project, name, view.fingerprint)):
+                retired += [f"{name} version {old.fingerprint}" for old in manifest.previous[name]]
+            else:
+                keep.update((name, old.fingerprint) for old in manifest.previous[name])
+                say(f"  {name}: kept its previous version: servers read it until the applied "
+                    f"version {view.fingerprint} is materialized")
+        removed = 0
+        for prefix in {layout.PREFIX, "fs2", "fs1"}:
+            batch = []
+            for key in r.scan_iter(match=f"{prefix}:{cfg.project}:*", count=1000):
+                parts = key.split(b":", 4)
+                owner = (parts[2].decode(), parts[3].decode()) if len(parts) == 5 else None
+                if prefix == layout.PREFIX and owner in keep:
+                    continue
+                batch.append(key)
+                if len(batch) >= 1000:
+                    removed += _unlink(r, batch, dry_run)
+            removed += _unlink(r, batch, dry_run)
+    if not dry_run and retired:
+        kept = {n: tuple(v for v in vs if (n, v.fingerprint) in keep)
+                for n, vs in manifest.previous.items()}
+        replace(manifest, previous={n: vs for n, vs in kept.items() if vs}).save(
+            cfg.manifest_path)
+    for line in retired:
+        say(f"  retired {line}")
+    say(f"{'would remove' if dry_run else 'removed'} {removed:,} key(s) no server reads "
+        f"from {mask_url(url)}")
+    return removed
+
+
+def _unlink(r, batch: list, dry_run: bool) -> int:
+    n = len(batch)
+    if n and not dry_run:
+        r.unlink(*batch)
+    batch.clear()
+    return n
 
 
 def load_manifest(cfg: RepoConfig):
