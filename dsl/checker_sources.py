@@ -91,8 +91,12 @@ class SourceChecks:
             return None
         kind, format_, path, options = connector
         self.source_kinds[defn.name.name] = kind
+        spans: dict[str, ast.Span] = {}
+        for f in clauses["schema"].fields:
+            spans.setdefault(f.name.name, f.span)
         return p.Source(defn.name.name, kind, format_, path, timestamp, tuple(columns.items()),
-                        options=options, lateness_us=lateness_us, **self._docs(clauses))
+                        options=options, lateness_us=lateness_us, **self._docs(clauses),
+                        connector_span=clauses["batch"].span, column_spans=tuple(spans.items()))
 
     def _lateness(self, clauses: dict, connector: tuple | None) -> int | None | bool:
         """The allowed lateness of a stream; False when it is wrong (reported)."""

@@ -21,7 +21,8 @@ ERROR = "error"
 WARNING = "warning"
 
 # code -> (severity, short title). Grouped by stage: E0 repo, E1 syntax,
-# E2 names, E3 types, E4 meaning, W5 warnings.
+# E2 names, E3 types, E4 meaning, W5 warnings, E6 the data of a source
+# (featurestore.schema_check: `check --data`, `apply`, `materialize`).
 CODES: dict[str, tuple[str, str]] = {
     "E001": (ERROR, "no feature files"),
     "E002": (ERROR, "unreadable file"),
@@ -83,6 +84,10 @@ CODES: dict[str, tuple[str, str]] = {
     "E412": (ERROR, "lateness under a second"),
     "W501": (WARNING, "feature listed twice in a service"),
     "W502": (WARNING, "absolute source path"),
+    "E601": (ERROR, "source data not found"),
+    "E602": (ERROR, "column missing from the data"),
+    "E603": (ERROR, "column type does not match the data"),
+    "E604": (ERROR, "source data unreadable"),
 }
 
 

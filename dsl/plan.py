@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from .ast import Span
+
 # Value types, in the user's words. Lists are spelled "list<float32>".
 SCALAR_TYPES = ("string", "int64", "float64", "bool", "timestamp")
 NUMERIC_TYPES = ("int64", "float64")
@@ -135,6 +137,17 @@ class Source:
     lateness_us: int | None = None     # streams: how late an event may arrive and still count
     owner: str = ""
     tags: tuple[tuple[str, str], ...] = ()
+    # Where the source is written, for diagnostics about its data
+    # (featurestore.schema_check): the `batch ...`/`stream ...` clause and each
+    # schema column. Not part of what the source means: never compared,
+    # hashed or rendered; empty for a plan built in code.
+    connector_span: Span | None = field(default=None, compare=False, hash=False, repr=False)
+    column_spans: tuple[tuple[str, Span], ...] = field(default=(), compare=False, hash=False,
+                                                       repr=False)
+
+    def column_span(self, column: str) -> Span | None:
+        """Where `column` is declared in the schema, when known."""
+        return dict(self.column_spans).get(column)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from featurestore.backends import duckdb_sql
 from featurestore.backends.duckdb_sql import ident
 from featurestore.bulk_redis import BulkWriter, bulk_sql, command_sql, literal_sql, resp_command
 from featurestore.repo import UserError
+from featurestore.schema_check import require_valid_data
 
 BATCH_ROWS = 100_000     # commands per pipelined write
 
@@ -306,27 +307,33 @@ def materialize(plan: Plan, root: Path, project: str, redis_url: str, *,
                 progress: Callable[[ViewStats], None] | None = None) -> MaterializeStats:
     """Materialize `views` (default all) of the plan into Redis as of end_us
     (default now): a full run, a run over events from start_us, or, with
-    `incremental`, a run continuing from each view's last one."""
+    `incremental`, a run continuing from each view's last one. The data of
+    every selected view is checked against its source's schema first
+    (`featurestore.schema_check`): DataError, and nothing written, when any
+    does not match."""
     import redis
 
     end_us = now_us() if end_us is None else end_us
     if start_us is not None and start_us > end_us:
         raise ValueError(f"start ({start_us}) is after end ({end_us})")
     stats = MaterializeStats(end_us)
+    selected = [v for v in plan.views if not views or v.name in views]
+    for view in selected:  # refused before anything is written
+        if views and plan.source(view.source).kind != "batch":  # named on purpose
+            raise UserError(f"view {view.name!r} reads a stream: the streaming job "
+                            "materializes it")
     con = connect(memory_limit)
     con.execute("SET preserve_insertion_order = false")  # commands go out in any order
     r = redis.Redis.from_url(redis_url)
     try:
+        # Every selected view's data is checked before the first is written:
+        # a mismatch anywhere leaves Redis as it was.
+        require_valid_data(plan, root, {v.source for v in selected}, con=con)
         with BulkWriter(redis_url) as writer:
-            for view in plan.views:
-                if views and view.name not in views:
-                    continue
+            for view in selected:
                 if plan.source(view.source).kind == "batch":
                     st = materialize_view(con, writer, r, project, plan, view, root,
                                           start_us, end_us, incremental)
-                elif views:  # named on purpose: say who writes it
-                    raise UserError(f"view {view.name!r} reads a stream: the streaming job "
-                                    "materializes it")
                 else:
                     st = ViewStats(view.name, "stream (skipped)", end_us=end_us)
                 stats.views.append(st)

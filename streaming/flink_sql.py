@@ -2,7 +2,8 @@
 
 Pure functions from plan nodes to Flink SQL text; `streaming.job` runs them,
 `featurestore compile` writes them (`render`). The job reads every stream
-source once and, per stream view:
+source once (through `<source>__typed`, which converts the fields read as
+text: `typed_source_sql`) and, per stream view:
 
     <view>__rows     the source's rows after the view's filter, with
                      __ts    event time in epoch microseconds
@@ -44,7 +45,7 @@ DROP_HOUR_US = windows.HOUR_US
 SINK_TABLE = "featurestore_written"
 
 __all__ = ["Unsupported", "Job", "Tuning", "SourceSettings", "compile_job", "render",
-           "source_ddl", "stream_views"]
+           "source_ddl", "stream_views", "typed_source_sql"]
 
 
 # ================================================================ sources
@@ -56,11 +57,64 @@ class SourceSettings:
     bounded: bool = False            # read the files there are, then stop (benchmarks)
 
 
+# A field of a json or csv stream is read as text and converted in SQL
+# (`typed_source_sql`), so that a value its declared type cannot hold (a
+# word where int64 is declared, 2.5 for an int64, "yes" for a bool) is told
+# from a missing one: the event is dropped and counted `invalid`, never
+# stored as null, truncated or guessed (the formats' own conversion would do
+# each of these). An empty field is null. string takes any JSON scalar, as
+# its text; timestamps and lists are left to the format, and a timestamp
+# that does not parse is null (the event is invalid when it is the time).
+_FROM_TEXT = {
+    "int64": "CASE WHEN REGEXP({0}, '^[+-]?[0-9]+$') THEN TRY_CAST({0} AS BIGINT) END",
+    "float64": "TRY_CAST({0} AS DOUBLE)",
+    "bool": "CASE LOWER({0}) WHEN 'true' THEN TRUE WHEN 'false' THEN FALSE END",
+}
+
+
+def text_columns(source: Source) -> list[str]:
+    """The columns read as text and converted by `typed_source_sql`: the
+    int64, float64 and bool columns of a json or csv stream."""
+    if source.format not in ("files", "kafka"):
+        return []   # datagen makes values of the declared types
+    return [c for c, t in source.schema if t in _FROM_TEXT]
+
+
+def typed_source(source: Source) -> str:
+    """The name the views read a source by: its typed view when it has text columns."""
+    return f"{source.name}__typed" if text_columns(source) else source.name
+
+
+def typed_source_sql(source: Source) -> str | None:
+    """The view of a source with its text columns converted to their
+    declared types, and `__mistyped`: true when a field is present but not
+    of its type. None when no column is read as text."""
+    text = text_columns(source)
+    if not text:
+        return None
+    converted = []
+    for c, t in source.schema:
+        if c in text:
+            field = f"NULLIF({ident(c)}, '')"
+            converted += [f"{_FROM_TEXT[t].format(field)} AS {ident(c)}",
+                          f"{field} AS {ident('__text_' + c)}"]
+        else:
+            converted.append(ident(c))
+    mistyped = " OR ".join(f"({ident('__text_' + c)} IS NOT NULL AND {ident(c)} IS NULL)"
+                           for c in text)
+    columns = ", ".join(ident(c) for c, _ in source.schema)
+    return (f"CREATE TEMPORARY VIEW {ident(typed_source(source))} AS\n"
+            f"SELECT {columns}, {mistyped} AS `__mistyped`\n"
+            f"FROM (SELECT {', '.join(converted)} FROM {ident(source.name)})")
+
+
 def source_ddl(source: Source, settings: SourceSettings = SourceSettings()) -> str:
-    """CREATE TABLE for a stream source; timestamps are TIMESTAMP_LTZ(6) (UTC)."""
+    """CREATE TABLE for a stream source; timestamps are TIMESTAMP_LTZ(6) (UTC),
+    `text_columns` are STRING."""
     if source.kind != "stream":
         raise Unsupported(f"source {source.name} is a {source.kind} source, not a stream")
-    columns = [f"  {ident(c)} {sql_type(t)}" for c, t in source.schema]
+    text = set(text_columns(source))
+    columns = [f"  {ident(c)} {'STRING' if c in text else sql_type(t)}" for c, t in source.schema]
     options = _CONNECTORS[source.format](source, settings)
     body = ",\n".join(columns)
     opts = ",\n".join(f"  {string(k)} = {string(v)}" for k, v in options)
@@ -71,8 +125,9 @@ def _format_options(source: Source) -> list[tuple[str, str]]:
     fmt = dict(source.options).get("format", "json")
     if fmt == "json":
         # Timestamps as ISO-8601 with a Z ("2026-01-01T12:00:00.000001Z"). A
-        # field that does not parse is null (the row is then "invalid" when
-        # that is its time or a key); a line that is not JSON is skipped.
+        # timestamp that does not parse is null (the row is then "invalid"
+        # when that is its time); other fields are text to the format
+        # (`text_columns`); a line that is not JSON is skipped.
         return [("format", "json"), ("json.timestamp-format.standard", "ISO-8601"),
                 ("json.ignore-parse-errors", "true")]
     if fmt == "csv":  # timestamps as "2026-01-01 12:00:00.000001Z"
@@ -136,10 +191,13 @@ def view_rows_sql(view: View, source: Source) -> str:
     each for itself: at the instant a tile falls out of every window they
     may disagree about an event of that tile, which no request can read."""
     keys = [ident(k) for k, _ in view.keys]
-    where = f" WHERE ({expr_sql(view.filter)}) IS TRUE" if view.filter is not None else ""
+    # A mistyped event passes the filter, which cannot judge it, to be counted.
+    mistyped = ["`__mistyped`"] if text_columns(source) else []
+    where = (" WHERE " + " OR ".join([f"({expr_sql(view.filter)}) IS TRUE", *mistyped])
+             if view.filter is not None else "")
     inner = (f"SELECT *, {epoch_us(ident(source.timestamp))} AS `__ts`, "
-             f"UNIX_TIMESTAMP() * 1000000 AS `__now` FROM {ident(source.name)}{where}")
-    invalid = " OR ".join(["`__ts` IS NULL", *(f"{k} IS NULL" for k in keys)])
+             f"UNIX_TIMESTAMP() * 1000000 AS `__now` FROM {ident(typed_source(source))}{where}")
+    invalid = " OR ".join(["`__ts` IS NULL", *(f"{k} IS NULL" for k in keys), *mistyped])
     late = _late(view, source)
     late = f"WHEN {late} THEN 'late' " if late else ""
     return (f"CREATE TEMPORARY VIEW {ident(rows_view(view))} AS\n"
@@ -299,7 +357,11 @@ def compile_job(plan: Plan, settings: SourceSettings = SourceSettings(),
     views = stream_views(plan)
     if not views:
         raise Unsupported("no view reads a stream source")
-    statements = [source_ddl(plan.source(s), settings) for s in sorted({v.source for v in views})]
+    statements = []
+    for name in sorted({v.source for v in views}):
+        statements.append(source_ddl(plan.source(name), settings))
+        typed = typed_source_sql(plan.source(name))
+        statements += [typed] if typed else []
     outputs, sinks = [], []
     for i, v in enumerate(views):
         statements.append(view_rows_sql(v, plan.source(v.source)))

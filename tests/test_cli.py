@@ -45,6 +45,10 @@ def test_outside_a_repo_is_a_clear_error(tmp_path):
 def test_plan_apply_plan(shop, capsys):
     assert cli(["plan", "--repo", str(shop)]) == 0
     assert "+ view user_spend" in capsys.readouterr().out
+    assert cli(["apply", "--repo", str(shop)]) == 1   # apply checks the data: there is none
+    assert "error[E601]: no file matches 'data/purchases/*.parquet'" in capsys.readouterr().err
+    subprocess.run([sys.executable, "generate_data.py", "--events", "1000", "--days", "1"],
+                   cwd=shop, check=True, capture_output=True)
     assert cli(["apply", "--repo", str(shop)]) == 0
     assert (shop / ".featurestore" / "manifest.json").exists()
     capsys.readouterr()

@@ -4,8 +4,8 @@ numbers, unicode, duplicate timestamps), through a real PyFlink job, a real
 redis-server and the gRPC server:
 
 * differential: the events, shuffled over files that Flink reads in no fixed
-  order, plus events beyond every window, from the future and without a
-  time; every served value equals batch's and the reference's, and every
+  order, plus events beyond every window, from the future, without a time
+  and with a field of the wrong type; every served value equals batch's and the reference's, and every
   dropped event is counted by reason;
 * restart: more events (older ones among them) while the job is killed
   outright mid-stream; restarted, it restores its checkpoint and the values
@@ -116,8 +116,8 @@ class Stream:
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory):
     """The job running on the differential events, shuffled over six files,
-    plus 25 events beyond every window of `buys`, 5 from the future and 2
-    without a time."""
+    plus 25 events beyond every window of `buys`, 5 from the future, 2
+    without a time and 7 with a field of the wrong type."""
     root = tmp_path_factory.mktemp("stream")
     server = redis_local.start(root / "redis")
     url = server.url.rsplit("/", 1)[0]
@@ -130,15 +130,24 @@ def stream(tmp_path_factory):
     lines = [_json_line(e) for e in events + beyond + future]
     lines += [json.dumps({"user": "u1", "shop": 1, "kind": "buy", "ts": None}),
               json.dumps({"user": "u2", "shop": 2, "kind": "buy", "ts": "yesterday"})]
+    # Fields their declared type cannot hold, in events the views would
+    # otherwise count: each is dropped as invalid, never stored as null,
+    # truncated (2.5 for an int64) or guessed ("yes" for a bool).
+    at = push.format_time(EPOCH + dt.timedelta(microseconds=t - d.MIN))
+    mistyped = [{"qty": "lots"}, {"qty": 2.5}, {"amount": "abc"}, {"amount": True},
+                {"flag": "yes"}, {"flag": 1}, {"shop": "two"}]
+    lines += [json.dumps({"user": "u1", "shop": 1, "kind": "buy", "ts": at, **m})
+              for m in mistyped]
     rng.shuffle(lines)
     folder = root / "data" / "events"
     folder.mkdir(parents=True)
     for i in range(6):
         _write(folder, f"part-{i}.json", lines[i::6])
     kept = sum(1 for e in future if e["kind"] != "test")
+    invalid = 2 + len(mistyped)
     dropped = {"buys": {"late": sum(1 for e in beyond if e["kind"] != "test"), "future": kept,
-                        "invalid": 2},
-               "shops": {"future": kept, "invalid": 2}}
+                        "invalid": invalid},
+               "shops": {"future": kept, "invalid": invalid}}
     job = Job(root, url + "/0")
     job.start()
     try:

@@ -143,17 +143,30 @@ def floor_to(ts: str, step_us: int | str) -> str:
 
 def source_sql(source: Source, root: Path) -> str:
     """The rows of a batch source, with the `filename` and `file_row_number`
-    columns that order ties; a table source needs `attach_sql` run first."""
+    columns that order ties; a table source needs `attach_sql` run first.
+    Declared columns are cast to their declared types, so a narrower type in
+    the data (INTEGER for int64, DECIMAL for float64) computes and is stored
+    exactly as the declared one; `featurestore.schema_check` refuses data
+    whose cast would not be exact before any of this runs. Timestamps keep
+    their precision: `epoch_us_sql` rounds every one down to microseconds."""
+    rows = stored_source_sql(source, root)
+    casts = [f"CAST({ident(c)} AS {sql_type(t)}) AS {ident(c)}"
+             for c, t in source.schema if t != "timestamp"]
+    return f"(SELECT * REPLACE ({', '.join(casts)}) FROM {rows})" if casts else rows
+
+
+def stored_source_sql(source: Source, root: Path) -> str:
+    """`source_sql` with the columns as the data holds them (no casts)."""
     if source.kind != "batch" or source.format not in ("parquet", "csv", "table", "query"):
         raise Unsupported(f"source {source.name}: {source.kind} {source.format}")
     if source.format == "parquet":
-        return f"read_parquet({literal(_path(source.path, root))}, filename = true, " \
+        return f"read_parquet({literal(data_path(source.path, root))}, filename = true, " \
                "file_row_number = true)"
     if source.format == "csv":
         opts = dict(source.options)
         args = "".join(f", {k} = {literal(opts[o])}" for o, k in
                        (("delimiter", "delim"), ("header", "header")) if o in opts)
-        rows = f"read_csv({literal(_path(source.path, root))}, filename = true{args})"
+        rows = f"read_csv({literal(data_path(source.path, root))}, filename = true{args})"
         return f"(SELECT *, row_number() OVER () AS file_row_number FROM {rows})"
     if source.format == "table":
         rows = ".".join(ident(part) for part in (_alias(source), *source.path.split(".")))
@@ -167,7 +180,7 @@ def attach_sql(source: Source, root: Path) -> str | None:
     """The ATTACH statement a table source needs before `source_sql` (read-only)."""
     if source.format != "table":
         return None
-    database = _path(dict(source.options)["database"], root)
+    database = data_path(dict(source.options)["database"], root)
     return f"ATTACH IF NOT EXISTS {literal(database)} AS {ident(_alias(source))} (READ_ONLY)"
 
 
@@ -175,7 +188,8 @@ def _alias(source: Source) -> str:
     return f"{source.name}_db"
 
 
-def _path(path: str, root: Path) -> str:
+def data_path(path: str, root: Path) -> str:
+    """A path of a source or database as DuckDB opens it (relative: to the repo root)."""
     return path if Path(path).is_absolute() else str(root / path)
 
 

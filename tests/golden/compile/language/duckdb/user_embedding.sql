@@ -9,8 +9,9 @@ WITH __rows AS MATERIALIZED (SELECT *, row_number() OVER () AS __id
   FROM (SELECT "user_id", __ts, "embedding" AS f0, len("embedding") AS f1
     FROM (SELECT *, (__ts - (((__ts % 300000000) + 300000000) % 300000000)) AS __tile
       FROM (SELECT *, (CASE WHEN "computed_at" >= TIMESTAMP '1970-01-01' THEN epoch_us("computed_at") ELSE (epoch_ns(CAST("computed_at" AS TIMESTAMP_NS)) - (((epoch_ns(CAST("computed_at" AS TIMESTAMP_NS)) % 1000) + 1000) % 1000)) // 1000 END) AS __ts
-        FROM (SELECT *, '' AS filename, row_number() OVER () AS file_row_number
-          FROM "embeddings_db"."user_embeddings"))
+        FROM (SELECT * REPLACE (CAST("user_id" AS VARCHAR) AS "user_id", CAST("embedding" AS FLOAT[]) AS "embedding")
+          FROM (SELECT *, '' AS filename, row_number() OVER () AS file_row_number
+            FROM "embeddings_db"."user_embeddings")))
       WHERE __ts <= $end_us))), __last AS (SELECT "user_id", max(__ts) AS __ts, max_by(__ts, __ts, 2) AS __top, arg_max(__id, __ts) AS __id
   FROM __rows
   GROUP BY "user_id") SELECT "user_id", __ts, f0, f1

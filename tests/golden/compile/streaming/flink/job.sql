@@ -30,8 +30,8 @@ CREATE TEMPORARY TABLE `clicks` (
 
 CREATE TEMPORARY TABLE `purchases` (
   `user_id` STRING,
-  `item_id` BIGINT,
-  `amount` DOUBLE,
+  `item_id` STRING,
+  `amount` STRING,
   `category` STRING,
   `event_time` TIMESTAMP_LTZ(6)
 ) WITH (
@@ -42,6 +42,10 @@ CREATE TEMPORARY TABLE `purchases` (
   'json.timestamp-format.standard' = 'ISO-8601',
   'json.ignore-parse-errors' = 'true'
 );
+
+CREATE TEMPORARY VIEW `purchases__typed` AS
+SELECT `user_id`, `item_id`, `amount`, `category`, `event_time`, (`__text_item_id` IS NOT NULL AND `item_id` IS NULL) OR (`__text_amount` IS NOT NULL AND `amount` IS NULL) AS `__mistyped`
+FROM (SELECT `user_id`, CASE WHEN REGEXP(NULLIF(`item_id`, ''), '^[+-]?[0-9]+$') THEN TRY_CAST(NULLIF(`item_id`, '') AS BIGINT) END AS `item_id`, NULLIF(`item_id`, '') AS `__text_item_id`, TRY_CAST(NULLIF(`amount`, '') AS DOUBLE) AS `amount`, NULLIF(`amount`, '') AS `__text_amount`, `category`, `event_time` FROM `purchases`);
 
 CREATE TEMPORARY TABLE `synthetic` (
   `user_id` STRING,
@@ -78,8 +82,8 @@ CREATE TEMPORARY VIEW `user_clicks__dropped` AS
 SELECT `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000)) AS `__hour`, COUNT(*) AS `__count` FROM `user_clicks__rows` WHERE `__drop` IS NOT NULL GROUP BY `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000));
 
 CREATE TEMPORARY VIEW `user_spend__rows` AS
-SELECT *, CASE WHEN `__ts` IS NULL OR `user_id` IS NULL THEN 'invalid' WHEN `__ts` > `__now` + 3600000000 THEN 'future' WHEN `__ts` < `__now` - 600000000 OR NOT (((`__ts` - MOD(MOD(`__ts`, 300000000) + 300000000, 300000000)) >= (`__now` - MOD(MOD(`__now`, 300000000) + 300000000, 300000000)) - 608400000000) OR (`__ts` > `__now` - 1209600000000)) THEN 'late' END AS `__drop`
-FROM (SELECT *, (EXTRACT(EPOCH FROM `event_time`) * 1000000 + EXTRACT(MICROSECOND FROM `event_time`)) AS `__ts`, UNIX_TIMESTAMP() * 1000000 AS `__now` FROM `purchases` WHERE (((`amount` > CAST(0 AS BIGINT)) OR (POWER(`amount`, 1E0) <> `amount`))) IS TRUE);
+SELECT *, CASE WHEN `__ts` IS NULL OR `user_id` IS NULL OR `__mistyped` THEN 'invalid' WHEN `__ts` > `__now` + 3600000000 THEN 'future' WHEN `__ts` < `__now` - 600000000 OR NOT (((`__ts` - MOD(MOD(`__ts`, 300000000) + 300000000, 300000000)) >= (`__now` - MOD(MOD(`__now`, 300000000) + 300000000, 300000000)) - 608400000000) OR (`__ts` > `__now` - 1209600000000)) THEN 'late' END AS `__drop`
+FROM (SELECT *, (EXTRACT(EPOCH FROM `event_time`) * 1000000 + EXTRACT(MICROSECOND FROM `event_time`)) AS `__ts`, UNIX_TIMESTAMP() * 1000000 AS `__now` FROM `purchases__typed` WHERE (((`amount` > CAST(0 AS BIGINT)) OR (POWER(`amount`, 1E0) <> `amount`))) IS TRUE OR `__mistyped`);
 
 CREATE TEMPORARY VIEW `user_spend__tile_inputs` AS
 SELECT *, MOD(MOD(`__i2_hi`, 4294967296) + 4294967296, 4294967296) AS `__l2_hi`, MOD(MOD(`__i2_lo`, 4294967296) + 4294967296, 4294967296) AS `__l2_lo` FROM (SELECT *, CASE WHEN ABS(`__x2`) < 9.223372036854776E18 THEN CAST(`__x2` AS BIGINT) END AS `__i2_hi`, CASE WHEN ABS(`__x2`) < 9.223372036854776E18 THEN CAST((`__x2` - CAST(CASE WHEN ABS(`__x2`) < 9.223372036854776E18 THEN CAST(`__x2` AS BIGINT) END AS DOUBLE)) * 4.611686018427388E18 AS BIGINT) END AS `__i2_lo` FROM (SELECT `user_id`, `__ts`, (CASE WHEN CAST(`amount` AS DOUBLE) = 0 THEN 0E0 ELSE CAST(`amount` AS DOUBLE) END) AS `__x2`, (((`amount` >= CAST(100 AS BIGINT)) OR (POWER(`amount`, 1E0) <> `amount`))) IS TRUE AS `__w5` FROM (SELECT * FROM `user_spend__rows` WHERE `__drop` IS NULL AND (`__ts` - MOD(MOD(`__ts`, 300000000) + 300000000, 300000000)) >= (`__now` - MOD(MOD(`__now`, 300000000) + 300000000, 300000000)) - 608400000000)));
