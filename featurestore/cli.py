@@ -242,7 +242,9 @@ def cmd_get(args) -> None:
     target = args.target
     if not target:
         try:
-            import featurestore.config  # noqa: F401  (reads featurestore.yaml)
+            import yaml  # noqa: F401  (featurestore.config reads featurestore.yaml)
+
+            import featurestore.config  # noqa: F401
         except ModuleNotFoundError as e:
             raise UserError(f"without --target, `featurestore get` reads the repo's "
                             f"featurestore.yaml, which needs the 'server' extra (missing "
@@ -461,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:
         message = explain(e, args)
-        if args.debug or message is None:
+        if args.debug:
             import traceback
 
             traceback.print_exc()

@@ -215,7 +215,7 @@ class _Positions:
             return [self.plain(item, f"{path}.{i}") for i, item in enumerate(node.value)]
         value = yaml.constructor.SafeConstructor().construct_object(node, deep=True)
         if isinstance(value, str) and "${" in value:
-            value = _expand(value, lambda msg: self.fail(path, msg))
+            value = _expand(value, lambda msg: self.fail(f"{path}#value", msg))
         return value
 
 
