@@ -55,7 +55,11 @@ class BadRequest(ValueError):
 
 
 class CorruptState(RuntimeError):
-    """What Redis holds does not match the view it is read for."""
+    """What Redis holds does not match the view it is read for (`view`)."""
+
+    def __init__(self, view: str, message: str):
+        super().__init__(message)
+        self.view = view
 
 
 # ---------------------------------------------------------------- the plan
@@ -467,9 +471,16 @@ def _decode_rows(lookup: ViewLookup, rows, found: np.ndarray) -> tuple[np.ndarra
     if not lookup.row_features:
         return row_ts, values
     for i in np.flatnonzero(found):
-        ts, row = layout.decode_row(rows[i])
+        try:
+            ts, row = layout.decode_row(rows[i])
+        except (ValueError, TypeError, IndexError, KeyError) as e:
+            raise CorruptState(lookup.view.name, f"the row of view {lookup.view.name!r} for "
+                               f"entity {lookup.entity_keys[i]!r} is not a row of layout "
+                               f"v{layout.LAYOUT_VERSION} ([event time, values...]): "
+                               f"{type(e).__name__}: {e}") from None
         if len(row) != width:
-            raise CorruptState(f"the row of view {lookup.view.name!r} for entity "
+            raise CorruptState(lookup.view.name,
+                               f"the row of view {lookup.view.name!r} for entity "
                                f"{lookup.entity_keys[i]!r} has {len(row)} values; "
                                f"the view has {width} row features")
         row_ts[i] = ts
@@ -556,7 +567,8 @@ def _decode_fields(lookup: ViewLookup, replies, entities: list[int]):
         try:
             yield from json.loads(text)
         except ValueError as e:
-            raise CorruptState(f"the tiles of view {lookup.view.name!r} are not valid JSON "
+            raise CorruptState(lookup.view.name,
+                               f"the tiles of view {lookup.view.name!r} are not valid JSON "
                                f"(entities {_names(lookup, chunk)}): {e}") from None
 
 
@@ -586,7 +598,8 @@ def _names(lookup: ViewLookup, entities: list[int]) -> str:
 
 def _refuse(lookup: ViewLookup, i: int, start: int, state, width: int):
     got = f"{len(state)} states" if isinstance(state, list) else repr(state)
-    raise CorruptState(f"tile {start} of view {lookup.view.name!r} for entity "
+    raise CorruptState(lookup.view.name,
+                       f"tile {start} of view {lookup.view.name!r} for entity "
                        f"{lookup.entity_keys[i]!r} has {got}; "
                        f"the view has {width} states")
 
@@ -598,7 +611,8 @@ def _decode_tiles(lookup: ViewLookup, i: int,
     try:
         starts, states = layout.decode_tiles(raw)
     except ValueError as e:
-        raise CorruptState(f"the tiles of view {lookup.view.name!r} for entity "
+        raise CorruptState(lookup.view.name,
+                           f"the tiles of view {lookup.view.name!r} for entity "
                            f"{lookup.entity_keys[i]!r} are not valid JSON: {e}") from None
     if not (set(map(type, states)) <= {list} and set(map(len, states)) <= {width}):
         start, state = next((t, s) for t, s in zip(starts, states)
@@ -645,7 +659,8 @@ def _vector(f: Feature, values: np.ndarray, status: np.ndarray, timestamps: list
             packed = packed.tolist()
         getattr(target.values, f.kind).values.extend(packed)
     except (TypeError, ValueError, OverflowError) as e:
-        raise CorruptState(f"values of feature {f.ref!r} in Redis are not of its type "
+        raise CorruptState(f.view.name,
+                           f"values of feature {f.ref!r} in Redis are not of its type "
                            f"{f.spec.type!r}: {e}") from None
 
 
@@ -666,6 +681,7 @@ def _list_vector(f: Feature, values: np.ndarray, status: np.ndarray,
             flat = np.concatenate(parts).tolist() if parts else []
         getattr(target.elements, kind).values.extend(flat)
     except (TypeError, ValueError, OverflowError) as e:
-        raise CorruptState(f"values of feature {f.ref!r} in Redis are not of its type "
+        raise CorruptState(f.view.name,
+                           f"values of feature {f.ref!r} in Redis are not of its type "
                            f"{f.spec.type!r}: {e}") from None
     target.lengths.extend(lengths)

@@ -311,6 +311,7 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
                  max_entities: int = ServerOptions.max_entities,
                  max_pending_rows: int = ServerOptions.max_pending_rows):
         self.versions = manifest if isinstance(manifest, Versions) else Versions(manifest)
+        self.corrupt = None   # a Prometheus counter of undecodable values, by view
         self._store = store
         self._clock = clock
         self._max_entities = max_entities
@@ -345,6 +346,8 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
                 self._merger, lookup.respond, prepared, replies)
         except lookup.CorruptState as e:
             log.error("%s", e)
+            if self.corrupt is not None:
+                self.corrupt.labels(e.view).inc()
             await context.abort(grpc.StatusCode.INTERNAL, str(e))
         finally:
             self._pending -= rows
@@ -419,10 +422,13 @@ class _Metrics:
     parent exports every worker's metrics)."""
 
     def __init__(self, host: str, port: int | None):
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry, Counter, start_http_server
 
         self.registry = CollectorRegistry()
         self.interceptor = interceptors.MetricsInterceptor(self.registry)
+        self.corrupt = Counter("featurestore_corrupt_values",
+                               "lookups failed INTERNAL: a value in Redis the server cannot "
+                               "decode", ["view"], registry=self.registry)
         self._http = None
         if port is not None:
             self._http, _ = start_http_server(port, addr=host, registry=self.registry)
@@ -482,6 +488,7 @@ async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.
     server = _grpc_server(options, metrics, reuse_port=worker)
     servicer = FeatureServicer(Versions(manifest, manifest_path), store, clock or wall_clock_us,
                                options.max_entities, options.max_pending_rows)
+    servicer.corrupt = metrics.corrupt if metrics else None
     serving_pb2_grpc.add_ServingServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

@@ -12,7 +12,7 @@ import redis
 
 from serving.client import FeatureClient
 from serving.server import ServerOptions, start_server
-from test_serving import MANIFEST, NOW, USER_PROFILE, LoopThread, put_row
+from test_serving import MANIFEST, NOW, PROJECT, USER_PROFILE, LoopThread, put_row
 
 ASK = dict(features=["user_profile:country"], entities={"user_id": ["u1"]})
 
@@ -110,3 +110,23 @@ def test_tls(loop, stored, tmp_path):
         with FeatureClient(target, timeout=1) as plaintext:
             assert code_of(lambda: plaintext.get_online_features(**ASK))[0] == \
                 grpc.StatusCode.UNAVAILABLE
+
+
+def test_an_undecodable_value_is_internal_naming_view_and_entity_and_counted(loop, stored):
+    from featurestore import layout
+
+    with contextlib.closing(redis.Redis.from_url(stored)) as r:
+        # what a writer that ignored the schema left: `[ts,toys]` is not JSON
+        r.set(layout.row_key(PROJECT, "user_profile", USER_PROFILE.fingerprint, "u2"),
+              b"[1795897281692761,toys,1,2,3]")
+    with running(loop, stored, metrics_port=0) as server:
+        with FeatureClient(f"localhost:{server.port}") as client:
+            code, details = code_of(lambda: client.get_online_features(
+                ["user_profile:country"], entities={"user_id": ["u1", "u2"]}))
+            assert code == grpc.StatusCode.INTERNAL
+            assert "the row of view 'user_profile' for entity 'u2' is not a row of layout v3" \
+                in details
+            assert client.get_online_features(**ASK).to_dict()["country"] == ["DE"]
+        text = scrape_until(server.metrics_port,
+                            'featurestore_corrupt_values_total{view="user_profile"} 1.0')
+    assert 'featurestore_corrupt_values_total{view="user_profile"} 1.0' in text
