@@ -39,14 +39,17 @@ from pathlib import Path
 from queue import Full, Queue
 from typing import Callable
 
+import duckdb
 import pyarrow.compute as pc
 
 from dsl.plan import Plan, View
 from featurestore import layout, windows
 from featurestore.backends import duckdb_sql
 from featurestore.backends.duckdb_sql import ident
-from featurestore.bulk_redis import BulkWriter, bulk_sql, command_sql, literal_sql, resp_command
-from featurestore.repo import UserError
+from featurestore.bulk_redis import (BulkWriter, RedisReplyError, bulk_sql, command_sql,
+                                     literal_sql, resp_command)
+from featurestore.config import mask_url
+from featurestore.errors import DataError, ServiceError, UserError
 from featurestore.schema_check import require_valid_data
 
 BATCH_ROWS = 100_000     # commands per pipelined write
@@ -81,8 +84,6 @@ def now_us() -> int:
 
 def connect(memory_limit: str, temp_directory: str | Path | None = None):
     """A DuckDB connection in UTC with a memory limit (it spills beyond it)."""
-    import duckdb
-
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = {duckdb_sql.literal(memory_limit)}")
@@ -222,9 +223,10 @@ def _send(con, writer: BulkWriter, sql: str, lines: int,
           counted: str | None = None) -> tuple[int, int]:
     """Stream the `cmd` column of `sql` into Redis; (commands, sum of `counted`).
     DuckDB encodes the next batch on a thread of its own while Redis works
-    on the last one: the two overlap instead of taking turns."""
+    on the last one: the two overlap instead of taking turns. A relation, not
+    `execute`: DuckDB 2 copies every row of a DB-API result it hands to Arrow."""
     commands = total = 0
-    for batch in _batches(con.execute(sql).to_arrow_reader(BATCH_ROWS)):
+    for batch in _batches(con.sql(sql).to_arrow_reader(BATCH_ROWS)):
         writer.send(batch.column(0), lines)
         commands += batch.num_rows
         if counted is not None and batch.num_rows:
@@ -325,6 +327,7 @@ def materialize(plan: Plan, root: Path, project: str, redis_url: str, *,
     con = connect(memory_limit)
     con.execute("SET preserve_insertion_order = false")  # commands go out in any order
     r = redis.Redis.from_url(redis_url)
+    view = None
     try:
         # Every selected view's data is checked before the first is written:
         # a mismatch anywhere leaves Redis as it was.
@@ -339,7 +342,27 @@ def materialize(plan: Plan, root: Path, project: str, redis_url: str, *,
                 stats.views.append(st)
                 if progress:
                     progress(st)
+    except RedisReplyError as e:
+        raise ServiceError(f"Redis at {mask_url(redis_url)} refused a write{_during(view)}: "
+                           f"{e}; does something else write keys under "
+                           f"{layout.PREFIX}:{project}:?") from None
+    except (redis.RedisError, ConnectionError, TimeoutError) as e:
+        done = ", ".join(st.view for st in stats.views)
+        raise ServiceError(
+            f"Redis at {mask_url(redis_url)} failed{_during(view)}: {e}; "
+            + (f"{done} were written in full; " if done else "")
+            + "once Redis answers, run the same command again: it writes the rest "
+              "and rewrites what it had begun") from None
+    except duckdb.Error as e:
+        text = str(e).strip().splitlines()
+        raise DataError(f"DuckDB could not compute{_during(view)}: "
+                        f"{text[0] if text else type(e).__name__} "
+                        "(featurestore --debug shows the traceback)") from None
     finally:
         r.close()
         con.close()
     return stats
+
+
+def _during(view: View | None) -> str:
+    return f" while materializing view {view.name!r}" if view is not None else ""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from featurestore import config, redis_local, repo
-from featurestore.repo import UserError
+from featurestore.errors import UserError
 
 
 class _Step:

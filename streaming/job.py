@@ -296,7 +296,7 @@ def stream(plan: Plan, root: Path, project: str, redis_url: str | Callable[[], s
     """`featurestore stream`: run the job locally until stopped, or submit it
     to a cluster and return. `redis_url` may be a function, called once the
     job is known to compile. Raises UserError for what the user can fix."""
-    from featurestore.repo import UserError
+    from featurestore.errors import UserError
 
     try:
         flink_sql.compile_job(plan)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from featurestore import bulk_redis, layout, materialize as mat, windows
+from featurestore import layout, materialize as mat, windows
+from featurestore.errors import ServiceError
 from featurestore.materialize import materialize, plan_run
 from tests import differential as d
 
@@ -147,14 +148,15 @@ def test_a_refused_command_is_raised_with_its_reason(tmp_path, redis_url, events
     key = layout.tiles_key(d.PROJECT, "shops", d.SHOP_VIEW.fingerprint(),
                            layout.encode_entity_key(["u1", 1]))
     redis.Redis.from_url(redis_url).set(key, "not a hash")
-    with pytest.raises(bulk_redis.RedisReplyError, match="WRONGTYPE"):
+    with pytest.raises(ServiceError, match="refused a write while materializing view 'shops': "
+                                           ".*WRONGTYPE"):
         materialize(d.PLAN, tmp_path, d.PROJECT, redis_url, end_us=E2, start_us=E1)
 
 
 def test_stream_views_are_left_to_the_streaming_job(tmp_path, redis_url, events):
     import dataclasses
 
-    from featurestore.repo import UserError
+    from featurestore.errors import UserError
 
     _write(tmp_path, events)
     stream = dataclasses.replace(d.PLAN.sources[0], name="clicks", kind="stream", format="files")

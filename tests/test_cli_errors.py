@@ -87,6 +87,17 @@ def test_get_without_target_on_a_client_only_install(shop):
     assert "pass --target HOST:PORT, or pip install 'featurestore[server]'" in line
 
 
+def test_materialize_when_redis_is_down(shop):
+    port = redis_local.free_port()
+    text = (shop / "featurestore.yaml").read_text()
+    (shop / "featurestore.yaml").write_text(
+        text.replace("  # url: redis://localhost:6379/0", f"  url: redis://127.0.0.1:{port}/0"))
+    line = one_line(run("materialize", cwd=shop))
+    assert f"error: Redis at redis://127.0.0.1:{port}/0 failed" in line
+    assert "Connection refused" in line
+    assert "run the same command again" in line
+
+
 def test_get_when_no_server_listens(shop):
     port = redis_local.free_port()
     line = one_line(run("get", "--service", "fraud_v1", "--entity", "user_id=u1",
