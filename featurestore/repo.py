@@ -147,12 +147,22 @@ def gc(cfg: RepoConfig, say: Say, dry_run: bool = False) -> int:
     (or, with `dry_run`, that would be)."""
     import redis
 
-    from featurestore import layout
-
     manifest = load_manifest(cfg)
     if manifest is None:
         raise UserError("the repo has not been applied: run `featurestore apply` first")
     url = redis_url(cfg, say, start=False)
+    try:
+        return _gc(cfg, manifest, url, say, dry_run)
+    except (redis.RedisError, OSError) as e:
+        raise ServiceError(f"Redis at {mask_url(url)} failed: {e}; nothing after the keys "
+                           "already removed was changed: run `featurestore gc` again") from None
+
+
+def _gc(cfg: RepoConfig, manifest, url: str, say: Say, dry_run: bool) -> int:
+    import redis
+
+    from featurestore import layout
+
     keep: set[tuple[str, str]] = set()
     retired: list[str] = []
     with redis.Redis.from_url(url, socket_timeout=10.0) as r:
