@@ -76,8 +76,9 @@ Values (`Aggregation.value`, the one finalizer of the server and the export):
     variance, stddev        the sample variance (n - 1 in the denominator,
                             SQL's VAR_SAMP) of the fixed-point inputs, exactly,
                             rounded once; stddev is the correctly rounded square
-                            root of the exact variance. Null under two inputs;
-                            NaN when any input was out of range
+                            root of the exact variance. Null under two inputs
+                            (one NaN included, as SQL's VAR_SAMP); from two
+                            inputs on, NaN when any input was out of range
     min, max, first, last   the value; null over no inputs
 
 Which tiles a window at time t reads is `featurestore.windows`' to say.
@@ -263,12 +264,12 @@ def _avg_float_value(state):
 
 def _variance_parts(state, fraction_bits: int) -> tuple[int, int] | None | float:
     """(numerator, denominator) of the exact sample variance; None under two
-    inputs; NaN when an input was out of range."""
+    inputs (even out-of-range ones); else NaN when an input was out of range."""
     n, s, a2, ab, b2 = state[:5]
+    if not n or n < 2:      # SQL's VAR_SAMP: null under two inputs, whatever they are
+        return None
     if len(state) > 5 and state[5]:
         return math.nan
-    if not n or n < 2:
-        return None
     squares = (a2 << 64) + (ab << 33) + b2
     return n * squares - s * s, n * (n - 1) << (2 * fraction_bits)
 

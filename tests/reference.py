@@ -17,7 +17,9 @@ docstring), so a bug in the engines cannot hide in a shared helper.
                   of that range; sums of int64 are exact, null outside int64
     variance      sample variance of inputs truncated to multiples of 2**-32
                   (float64, |x| < 2**31) or exact (int64), rounded once;
-                  stddev the correctly rounded root of the exact variance
+                  stddev the correctly rounded root of the exact variance;
+                  null under two inputs (even one out of range), else NaN
+                  if an input is out of range
     min, max,     in value order: NaN above every number, -0.0 read as 0.0,
     first, last,  strings by code point; first/last by (ts, value)
     count_distinct
@@ -162,10 +164,10 @@ def _avg(values, arg_type):
 
 
 def _variance(values, arg_type, root: bool):
-    if arg_type == "float64" and not _in_range(values, 2.0 ** 31):
-        return math.nan
     if len(values) < 2:
         return None
+    if arg_type == "float64" and not _in_range(values, 2.0 ** 31):
+        return math.nan
     xs = [Fraction(v) if arg_type == "int64" else _fixed(v, 32) for v in values]
     mean = sum(xs) / len(xs)
     variance = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)

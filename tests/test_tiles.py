@@ -67,6 +67,15 @@ def test_float_sums_are_exact_sums_rounded_once():
     assert a.value(a.state_of([(1, None)])) is None
 
 
+@pytest.mark.parametrize("function", ["variance", "stddev"])
+def test_variance_of_one_input_is_null_even_out_of_range(function):
+    a = agg(function, "float64")
+    for x in (math.nan, math.inf, 2.0 ** 31, 1.5):
+        assert a.value(a.state_of([(1, x)])) is None, x
+        assert a.value(a.state_of([(1, x), (2, None)])) is None, x
+    assert math.isnan(a.value(a.state_of([(1, math.nan), (2, 1.0)])))
+
+
 def test_int_sums_are_exact_and_null_beyond_int64():
     a = agg("sum", "int64")
     assert a.value(a.state_of([(1, 2 ** 62), (2, 2 ** 62), (3, -2 ** 62)])) == 2 ** 62
