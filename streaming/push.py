@@ -12,8 +12,10 @@ read would be lost.
 
 Formats: JSON lines (timestamps ISO-8601 in UTC with a Z; NaN and the
 infinities, which JSON cannot spell, as the strings "NaN", "Infinity" and
-"-Infinity", which Flink reads as numbers) or CSV (schema order, no header).
-This module imports no pyflink.
+"-Infinity", which Flink reads as numbers) or CSV (schema order, no header,
+the same spellings). Events given to push may spell them either way (the
+strings, or Python's bare NaN and Infinity); int64 values must lie in
+[-2**63, 2**63 - 1], as the stream reads them. This module imports no pyflink.
 """
 from __future__ import annotations
 
@@ -28,6 +30,10 @@ from pathlib import Path
 from typing import Iterable
 
 from dsl.plan import Plan, Source
+
+# How the stream formats spell the floats JSON cannot (docs/streaming.md).
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
 
 class PushError(ValueError):
     """Events that cannot be pushed; the message says why."""
@@ -121,10 +127,17 @@ def _value(value: object, type_: str) -> object:
     if type_ in ("int64", "int32"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{value!r} is not a whole number")
+        bits = 64 if type_ == "int64" else 32
+        if not -2 ** (bits - 1) <= value < 2 ** (bits - 1):
+            raise ValueError(f"{value} is outside {type_} "
+                             f"([-2**{bits - 1}, 2**{bits - 1} - 1])")
         return value
     if type_ in ("float64", "float32"):
+        if isinstance(value, str) and value in NON_FINITE:
+            return NON_FINITE[value]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{value!r} is not a number")
+            raise TypeError(f"{value!r} is not a number (NaN and the infinities: "
+                            '"NaN", "Infinity", "-Infinity")')
         return float(value)
     if type_ == "bool":
         if not isinstance(value, bool):
@@ -162,19 +175,30 @@ def format_time(t: dt.datetime, sep: str = "T") -> str:
     return t.astimezone(dt.timezone.utc).strftime(f"%Y-%m-%d{sep}%H:%M:%S.%fZ")
 
 
+def float_text(value: float) -> str | float:
+    """A float as the stream formats hold it: non-finite ones spelled out."""
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
 def _json_value(value: object) -> object:
     if isinstance(value, dt.datetime):
         return format_time(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, float):
+        return float_text(value)
     if isinstance(value, list):
         return [_json_value(v) for v in value]
     return value
 
 
+def json_line(row: dict) -> str:
+    """One event as a line of a JSON files stream (datetimes as times)."""
+    return json.dumps({k: _json_value(v) for k, v in row.items()}, ensure_ascii=False)
+
+
 def _json_lines(source: Source, rows: list[dict]) -> str:
-    return "".join(json.dumps({k: _json_value(v) for k, v in row.items()},
-                              ensure_ascii=False) + "\n" for row in rows)
+    return "".join(json_line(row) + "\n" for row in rows)
 
 
 def _csv(source: Source, rows: list[dict]) -> str:
@@ -183,5 +207,6 @@ def _csv(source: Source, rows: list[dict]) -> str:
     for row in rows:
         writer.writerow([format_time(v, " ") if isinstance(v, dt.datetime)
                          else "" if v is None else str(v).lower() if isinstance(v, bool)
+                         else float_text(v) if isinstance(v, float)
                          else v for v in row.values()])
     return buffer.getvalue()

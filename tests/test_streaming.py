@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import os
 import random
 import signal
@@ -64,14 +63,9 @@ def _shifted(events: list[dict], shift: int) -> list[dict]:
 
 def _json_line(e: dict) -> str:
     """An event as push writes it (times ISO-8601, NaN and infinities quoted)."""
-    out = {}
-    for k, v in e.items():
-        if k in ("ts", "paid_at") and v is not None:
-            v = push.format_time(EPOCH + dt.timedelta(microseconds=v))
-        elif isinstance(v, float) and not math.isfinite(v):
-            v = "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
-        out[k] = v
-    return json.dumps(out, ensure_ascii=False)
+    return push.json_line({k: EPOCH + dt.timedelta(microseconds=v)
+                           if k in ("ts", "paid_at") and v is not None else v
+                           for k, v in e.items()})
 
 
 def _write(folder: Path, name: str, lines: list[str]) -> None:

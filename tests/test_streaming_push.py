@@ -48,6 +48,10 @@ def test_events_become_one_complete_json_file(repo):
     ({"user_id": "u", "item_id": True}, "True is not a whole number"),
     ({"user_id": "u", "event_time": "yesterday"}, "'yesterday' is not an ISO 8601 time"),
     ({"user_id": "u", "event_time": 1700000000}, "give ISO 8601"),
+    ({"user_id": "u", "item_id": 2 ** 63}, "9223372036854775808 is outside int64"),
+    ({"user_id": "u", "item_id": -2 ** 63 - 1}, "is outside int64"),
+    ({"user_id": "u", "amount": "nan"}, "'nan' is not a number (NaN and the infinities"),
+    ({"user_id": "u", "amount": "1.5"}, "'1.5' is not a number"),
 ])
 def test_mistakes_are_refused_naming_the_field(repo, event, message):
     root, plan = repo
@@ -56,6 +60,33 @@ def test_mistakes_are_refused_naming_the_field(repo, event, message):
         push(plan, root, "purchases", [event], now=NOW)
     assert not (root / "data" / "purchases").exists() or \
         not any((root / "data" / "purchases").iterdir())
+
+
+def test_non_finite_floats_in_either_spelling_and_int64_bounds(repo):
+    root, plan = repo
+    events = [{"user_id": "u1", "item_id": 2 ** 63 - 1, "amount": "NaN"},
+              {"user_id": "u2", "item_id": -2 ** 63, "amount": "Infinity"},
+              {"user_id": "u3", "amount": "-Infinity"},
+              {"user_id": "u4", "amount": float("nan")}]
+    path, n = push(plan, root, "purchases", events, now=NOW)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["amount"] for line in lines] == ["NaN", "Infinity", "-Infinity", "NaN"]
+    assert [line["item_id"] for line in lines] == [2 ** 63 - 1, -2 ** 63, None, None]
+    text = "\n".join(json.dumps(e) for e in events)
+    assert read_events(text)[0]["amount"] == "NaN"
+
+
+def test_csv_files_spell_non_finite_floats_as_the_docs_say(repo):
+    root, _ = repo
+    feat = root / "features" / "streams.feat"
+    feat.write_text(feat.read_text().replace('format json  # a folder', 'format csv  # a folder'))
+    plan = dsl.compile_repo(root).plan
+    path, _ = push(plan, root, "purchases", [{"user_id": "u1", "amount": "NaN"},
+                                             {"user_id": "u2", "amount": float("-inf")},
+                                             {"user_id": "u3", "amount": 0.5}], now=NOW)
+    assert path.suffix == ".csv"
+    assert [line.split(",")[2] for line in path.read_text().splitlines()] == \
+        ["NaN", "-Infinity", "0.5"]
 
 
 def test_only_files_streams_take_pushes(repo):
