@@ -33,7 +33,9 @@ Labels before any event get null (0 for counts).
 from __future__ import annotations
 
 import dataclasses
+import glob
 import inspect
+import os
 import shutil
 import tempfile
 import threading
@@ -49,7 +51,7 @@ from featurestore import tiles, windows
 from featurestore.backends import duckdb_sql as sql
 from featurestore.backends.duckdb_sql import floor_div, floor_to, ident, literal
 from featurestore.materialize import connect
-from featurestore.repo import UserError
+from featurestore.errors import DataError, UserError
 
 Progress = Callable[[str, float], None]   # (step, fraction of the whole export done)
 
@@ -131,6 +133,7 @@ def _register_labels(con, labels, timestamp: str | None) -> tuple[list[str], str
     time in epoch µs); return the label columns and the timestamp column."""
     if isinstance(labels, (str, Path)):
         paths = str(labels)
+        _check_labels_files(paths)
         source = (f"(SELECT * EXCLUDE (__file, file_row_number), row_number() OVER "
                   f"(ORDER BY __file, file_row_number) - 1 AS __row FROM read_parquet("
                   f"{literal(paths)}, filename = '__file', file_row_number = true))")
@@ -145,9 +148,49 @@ def _register_labels(con, labels, timestamp: str | None) -> tuple[list[str], str
     ts = _timestamp_column(columns, timestamp)
     con.execute(f"CREATE TEMP TABLE __labels AS SELECT *, {sql.epoch_us_sql(ident(ts))} AS __t "
                 f"FROM {source}")
-    if con.execute(f"SELECT count(*) FROM __labels WHERE {ident(ts)} IS NULL").fetchone()[0]:
+    if _one(con, f"SELECT count(*) FROM __labels WHERE {ident(ts)} IS NULL")[0]:
         raise UserError(f"label timestamp column {ts!r} has nulls; every label needs a time")
     return list(columns), ts
+
+
+def _one(con, query: str) -> tuple:
+    """The one row of a query, read to the end: DuckDB 2 refuses other work
+    on a connection while a result is unfinished."""
+    return con.execute(query).fetchall()[0]
+
+
+def _check_labels_files(paths: str) -> None:
+    """Labels named by a path or glob are Parquet files (DuckDB's own error,
+    'No magic bytes found', names neither the file nor what to do)."""
+    if "://" in paths:       # remote files: DuckDB reads and checks them
+        return
+    found = sorted(glob.glob(paths, recursive=True))
+    if not found:
+        raise UserError(f"no labels at {paths}")
+    for path in found:
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(4)
+        except IsADirectoryError:
+            magic = b""
+        if magic != b"PAR1":
+            raise DataError(
+                f"labels file {path} is not a Parquet file: export reads labels from Parquet "
+                "(a file or a glob), or from an Arrow table or pandas DataFrame in Python; "
+                "convert it first, e.g. pandas.read_csv(path, parse_dates=[time column])"
+                ".to_parquet('labels.parquet')")
+
+
+def _check_out(out: Path) -> None:
+    """The output's folder exists and can be written, before any work."""
+    folder = out.parent
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; name the Parquet file to write in it")
+    if not folder.is_dir():
+        raise UserError(f"the output folder {folder} does not exist; create it "
+                        f"(mkdir -p {folder}) or write elsewhere")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"the output folder {folder} is not writable")
 
 
 def _timestamp_column(columns: dict[str, str], named: str | None) -> str:
@@ -479,7 +522,7 @@ def _run(plan: Plan, root: Path, labels, *, service, features, timestamp, full_f
         if clash:
             raise UserError(f"label column(s) {', '.join(clash)} have the name of a feature; "
                             "rename them or use full feature names")
-        t_min, t_max = con.execute("SELECT min(__t), max(__t) FROM __labels").fetchone()
+        t_min, t_max = _one(con, "SELECT min(__t), max(__t) FROM __labels")
         steps, final = point_in_time(plan, root, wanted,
                                      label_columns if label_columns_in_sql else [],
                                      (t_min or 0, t_max or 0))
@@ -541,7 +584,7 @@ def export(plan: Plan, root: Path, labels, *, service: str | None = None,
                      timestamp=timestamp, full_feature_names=full_feature_names,
                      memory_limit=memory_limit, temp_directory=temp_directory,
                      progress=progress, label_columns_in_sql=not in_memory,
-                     finish=lambda con, final: con.execute(final).to_arrow_table())
+                     finish=lambda con, final: con.sql(final).to_arrow_table())
     if not in_memory:
         return table
     # The labels' own columns, untouched (DuckDB would turn nanosecond times
@@ -557,12 +600,15 @@ def export_to_parquet(plan: Plan, root: Path, labels, out: str | Path, *,
                       memory_limit: str = "4GB", temp_directory: str | Path | None = None,
                       progress: Progress | None = None) -> ExportStats:
     """`export`, written to a Parquet file by DuckDB (COPY) as it is computed:
-    the result never passes through Python, and memory stays under the limit."""
+    the result never passes through Python, and memory stays under the limit.
+    The folder of `out` must exist (checked before any work; it is not created,
+    so that a mistyped path does not leave a stray folder behind)."""
     out = Path(out)
+    _check_out(out)
 
     def copy(con, final: str) -> int:
-        return con.execute(f"COPY ({final}) TO {literal(str(out))} "
-                           "(FORMAT parquet, COMPRESSION zstd)").fetchone()[0]
+        return _one(con, f"COPY ({final}) TO {literal(str(out))} "
+                         "(FORMAT parquet, COMPRESSION zstd)")[0]
 
     rows, seconds, timings, n = _run(plan, root, labels, service=service, features=features,
                                      timestamp=timestamp, full_feature_names=full_feature_names,

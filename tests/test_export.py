@@ -11,7 +11,7 @@ import pytest
 
 from featurestore.cli import main as cli
 from featurestore.export import export, export_to_parquet
-from featurestore.repo import UserError
+from featurestore.errors import DataError, UserError
 from tests import differential as d
 
 T = d.T0 + d.DAY + 7 * d.MIN
@@ -30,6 +30,10 @@ def _labels(n=40, seed=1):
     return d.generate_labels(events, seed=seed, n=n)
 
 
+def _nullable(table: pa.Table) -> pa.Table:
+    return table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))
+
+
 def test_parquet_in_parquet_out_keeps_labels_and_their_order(data, tmp_path):
     root, events = data
     labels = _labels()
@@ -39,11 +43,12 @@ def test_parquet_in_parquet_out_keeps_labels_and_their_order(data, tmp_path):
     progress = []
     stats = export_to_parquet(d.PLAN, root, str(tmp_path / "*.parquet"), tmp_path / "out" ,
                               service="everything", progress=lambda s, f: progress.append(f))
-    written = pq.read_table(tmp_path / "out")
+    # DuckDB 2 writes a column without nulls as required: compare as nullable.
+    written = _nullable(pq.read_table(tmp_path / "out"))
     assert stats.rows == len(labels) == written.num_rows and stats.features == len(d.FEATURES)
     assert written.column_names == table.column_names + d.FEATURES
     assert written.select(table.column_names).equals(table)
-    in_memory = export(d.PLAN, root, table, service="everything")
+    in_memory = _nullable(export(d.PLAN, root, table, service="everything"))
     assert written.schema == in_memory.schema
     assert all(d.same(a, b) or a == b for x, y in zip(written.to_pylist(), in_memory.to_pylist())
                for a, b in zip(x.values(), y.values()))
@@ -61,6 +66,53 @@ def test_pandas_labels_with_nanosecond_times_round_down(data):
     want = [d.expected(events, "u1", 0, t)["n_10m"] for t in (e["ts"], e["ts"] - 1)]
     assert got["n_10m"].tolist() == want and want[0] == want[1] + 1
     assert got["when"].tolist() == labels["when"].tolist()
+
+
+def _nanoseconds(table: pa.Table) -> pa.Table:
+    """A table with times as pandas writes them: nanoseconds, in UTC."""
+    return table.cast(pa.schema([f.with_type(pa.timestamp("ns", "UTC"))
+                                 if pa.types.is_timestamp(f.type) else f for f in table.schema]))
+
+
+def test_pandas_written_labels_and_events_files(tmp_path):
+    """What pandas writes (TIMESTAMP_NS / TIMESTAMPTZ_NS in DuckDB 2) reads as
+    the microsecond times it holds, for labels and for events alike."""
+    events = d.generate_events(seed=31, n=600)
+    d.write_events(tmp_path, events)
+    for part in (tmp_path / "data" / "events").iterdir():
+        pq.write_table(_nanoseconds(pq.read_table(part)), part)
+    labels = _labels()
+    _nanoseconds(d.labels_table(labels)).to_pandas().to_parquet(tmp_path / "labels.parquet")
+    assert "ns" in str(pq.read_schema(tmp_path / "labels.parquet").field("event_timestamp").type)
+    stats = export_to_parquet(d.PLAN, tmp_path, tmp_path / "labels.parquet",
+                              tmp_path / "train.parquet", service="everything")
+    assert stats.rows == len(labels)
+    d.check_export(pq.read_table(tmp_path / "train.parquet"), labels, events)
+
+
+def test_labels_that_are_not_parquet_are_refused_naming_the_file(data, tmp_path):
+    root, _ = data
+    csv = tmp_path / "labels.csv"
+    d.labels_table(_labels(5)).to_pandas().to_csv(csv, index=False)
+    for labels in (csv, str(tmp_path / "*")):
+        with pytest.raises(DataError, match=f"labels file {csv} is not a Parquet file.*"
+                                            "Arrow table or pandas DataFrame"):
+            export(d.PLAN, root, labels, service="everything")
+    with pytest.raises(UserError, match="no labels at"):
+        export(d.PLAN, root, str(tmp_path / "none*.parquet"), service="everything")
+
+
+def test_a_missing_output_folder_is_refused_before_any_work(data, tmp_path):
+    root, _ = data
+    pq.write_table(d.labels_table(_labels(5)), tmp_path / "labels.parquet")
+    progress = []
+    for out, message in ((tmp_path / "nope" / "train.parquet",
+                          f"the output folder {tmp_path / 'nope'} does not exist"),
+                         (tmp_path, f"--out {tmp_path} is a folder")):
+        with pytest.raises(UserError, match=message):
+            export_to_parquet(d.PLAN, root, tmp_path / "labels.parquet", out,
+                              service="everything", progress=lambda s, f: progress.append(s))
+    assert progress == [] and not (tmp_path / "nope").exists()
 
 
 def test_feature_refs_full_names_and_all_of_a_view(data):
@@ -144,3 +196,12 @@ def test_cli_exports_a_training_set(tmp_path, capsys):
     assert got["amount"] == [1.0, 2.5, None] and got["y"] == [1, 0, 1]
     assert cli([*args[:4], str(tmp_path / "none.parquet"), *args[5:]]) == 1
     assert "no labels at" in capsys.readouterr().err
+    pd.read_parquet(tmp_path / "labels.parquet").to_csv(tmp_path / "labels.csv", index=False)
+    assert cli([*args[:4], str(tmp_path / "labels.csv"), *args[5:]]) == 1
+    err = capsys.readouterr().err
+    assert f"labels file {tmp_path / 'labels.csv'} is not a Parquet file" in err
+    assert "Traceback" not in err and "magic bytes" not in err
+    assert cli([*args[:-1], str(tmp_path / "missing" / "train.parquet")]) == 1
+    err = capsys.readouterr().err
+    assert f"the output folder {tmp_path / 'missing'} does not exist" in err
+    assert len(err.strip().splitlines()) == 1

@@ -207,13 +207,20 @@ def view_rows_sql(view: View, source: Source, root: Path, end_us: int,
 
 
 def epoch_us_sql(sql: str) -> str:
-    """Epoch microseconds of a timestamp of any precision, rounded down (toward
-    the past, for any sign): times have microsecond precision (DESIGN.md), and
-    a finer part is dropped the same way for events and for label times.
-    epoch_us() truncates toward zero, which is rounding down from 1970 on."""
+    """Epoch microseconds of a timestamp of any precision (DATE, TIMESTAMP_S to
+    TIMESTAMP_NS, with or without a time zone), rounded down (toward the past,
+    for any sign): times have microsecond precision (DESIGN.md), and a finer
+    part is dropped the same way for events and for label times.
+
+    One text for every DuckDB this supports: DuckDB 2 has no epoch_us() of
+    TIMESTAMPTZ_NS (what pandas writes) and rounds a cast of TIMESTAMP_NS to
+    TIMESTAMP to the nearest µs, so the value goes through nanoseconds where
+    they can hold it. Outside that range (before 1678, after 2261) no value
+    has a finer part than µs, and the cast to TIMESTAMP is exact (in UTC,
+    which `materialize.connect` sets)."""
     ns = f"epoch_ns(CAST({sql} AS TIMESTAMP_NS))"
-    return (f"(CASE WHEN {sql} >= TIMESTAMP '1970-01-01' THEN epoch_us({sql}) "
-            f"ELSE ({ns} - ((({ns} % 1000) + 1000) % 1000)) // 1000 END)")
+    return (f"(CASE WHEN {sql} >= TIMESTAMP '1678-01-01' AND {sql} < TIMESTAMP '2262-01-01' "
+            f"THEN {floor_div(ns, 1000)} ELSE epoch_us(CAST({sql} AS TIMESTAMP)) END)")
 
 
 def floor_div(sql: str, step: int | str) -> str:

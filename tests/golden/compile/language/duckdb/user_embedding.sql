@@ -8,7 +8,7 @@ ATTACH IF NOT EXISTS 'data/warehouse.duckdb' AS "embeddings_db" (READ_ONLY);
 WITH __rows AS MATERIALIZED (SELECT *, row_number() OVER () AS __id
   FROM (SELECT "user_id", __ts, "embedding" AS f0, len("embedding") AS f1
     FROM (SELECT *, (__ts - (((__ts % 300000000) + 300000000) % 300000000)) AS __tile
-      FROM (SELECT *, (CASE WHEN "computed_at" >= TIMESTAMP '1970-01-01' THEN epoch_us("computed_at") ELSE (epoch_ns(CAST("computed_at" AS TIMESTAMP_NS)) - (((epoch_ns(CAST("computed_at" AS TIMESTAMP_NS)) % 1000) + 1000) % 1000)) // 1000 END) AS __ts
+      FROM (SELECT *, (CASE WHEN "computed_at" >= TIMESTAMP '1678-01-01' AND "computed_at" < TIMESTAMP '2262-01-01' THEN (((epoch_ns(CAST("computed_at" AS TIMESTAMP_NS)) - (((epoch_ns(CAST("computed_at" AS TIMESTAMP_NS)) % 1000) + 1000) % 1000))) // 1000) ELSE epoch_us(CAST("computed_at" AS TIMESTAMP)) END) AS __ts
         FROM (SELECT * REPLACE (CAST("user_id" AS VARCHAR) AS "user_id", CAST("embedding" AS FLOAT[]) AS "embedding")
           FROM (SELECT *, '' AS filename, row_number() OVER () AS file_row_number
             FROM "embeddings_db"."user_embeddings")))

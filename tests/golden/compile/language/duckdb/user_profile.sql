@@ -5,7 +5,7 @@
 WITH __rows AS MATERIALIZED (SELECT *, row_number() OVER () AS __id
   FROM (SELECT "user_id", __ts, length("name") AS f0, (2026 - "birth_year") AS f1, coalesce("vip", FALSE) AS f2, upper("name") AS f3, CAST(NULL AS DOUBLE) AS f4
     FROM (SELECT *, (__ts - (((__ts % 300000000) + 300000000) % 300000000)) AS __tile
-      FROM (SELECT *, (CASE WHEN "updated_at" >= TIMESTAMP '1970-01-01' THEN epoch_us("updated_at") ELSE (epoch_ns(CAST("updated_at" AS TIMESTAMP_NS)) - (((epoch_ns(CAST("updated_at" AS TIMESTAMP_NS)) % 1000) + 1000) % 1000)) // 1000 END) AS __ts
+      FROM (SELECT *, (CASE WHEN "updated_at" >= TIMESTAMP '1678-01-01' AND "updated_at" < TIMESTAMP '2262-01-01' THEN (((epoch_ns(CAST("updated_at" AS TIMESTAMP_NS)) - (((epoch_ns(CAST("updated_at" AS TIMESTAMP_NS)) % 1000) + 1000) % 1000))) // 1000) ELSE epoch_us(CAST("updated_at" AS TIMESTAMP)) END) AS __ts
         FROM (SELECT * REPLACE (CAST("user_id" AS VARCHAR) AS "user_id", CAST("name" AS VARCHAR) AS "name", CAST("birth_year" AS BIGINT) AS "birth_year", CAST("vip" AS BOOLEAN) AS "vip")
           FROM (SELECT *, row_number() OVER () AS file_row_number
             FROM read_csv('data/profiles.csv', filename = true, delim = ';', header = 'true'))))

@@ -5,7 +5,7 @@
 WITH __rows AS MATERIALIZED (SELECT *, row_number() OVER () AS __id
   FROM (SELECT "user_id", __ts, "country" AS f0, "age" AS f1
     FROM (SELECT *, (__ts - (((__ts % 300000000) + 300000000) % 300000000)) AS __tile
-      FROM (SELECT *, (CASE WHEN "updated_at" >= TIMESTAMP '1970-01-01' THEN epoch_us("updated_at") ELSE (epoch_ns(CAST("updated_at" AS TIMESTAMP_NS)) - (((epoch_ns(CAST("updated_at" AS TIMESTAMP_NS)) % 1000) + 1000) % 1000)) // 1000 END) AS __ts
+      FROM (SELECT *, (CASE WHEN "updated_at" >= TIMESTAMP '1678-01-01' AND "updated_at" < TIMESTAMP '2262-01-01' THEN (((epoch_ns(CAST("updated_at" AS TIMESTAMP_NS)) - (((epoch_ns(CAST("updated_at" AS TIMESTAMP_NS)) % 1000) + 1000) % 1000))) // 1000) ELSE epoch_us(CAST("updated_at" AS TIMESTAMP)) END) AS __ts
         FROM (SELECT * REPLACE (CAST("user_id" AS VARCHAR) AS "user_id", CAST("country" AS VARCHAR) AS "country", CAST("age" AS BIGINT) AS "age")
           FROM read_parquet('data/profiles.parquet', filename = true, file_row_number = true)))
       WHERE __ts <= $end_us))), __last AS (SELECT "user_id", max(__ts) AS __ts, max_by(__ts, __ts, 2) AS __top, arg_max(__id, __ts) AS __id
