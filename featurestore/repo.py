@@ -94,7 +94,7 @@ def unwritten(cfg: RepoConfig, plan) -> list[str]:
             old.fingerprint != v.fingerprint() and held.get((v.name, old.fingerprint))
             for old in (previous.versions(v.name) if v.name in previous.views else ()))
         meanwhile = ("servers keep serving its previous version" if earlier else
-                     "its features are NOT_FOUND")
+                     "it has no values (NOT_FOUND; counts are 0)")
         if source.kind == "stream":
             lines.append(f"  {v.name}: (re)start `featurestore stream` to write it; "
                          f"until it writes, {meanwhile}")

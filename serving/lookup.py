@@ -451,6 +451,8 @@ def _view_columns(lookup: ViewLookup, rows, tile_hashes, now_us: int, as_of: boo
     if lookup.row_features:
         held = found & (row_ts <= now_us) if as_of else found   # as_of: rows after it unknown
         ttl = lookup.view.ttl_us
+        if ttl is not None:   # a row past its key's life is gone, whether Redis expired it yet
+            held &= row_ts > now_us - windows.rows_keep_us(lookup.view)
         expired = held & (row_ts <= now_us - ttl) if ttl is not None else None
         statuses = _statuses(values, held, expired)   # every row feature at once
         times = np.where(held, row_ts, 0).tolist()
@@ -523,6 +525,9 @@ def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, replies, now_us:
             if start is not None:
                 values[i, j], latest[i, j] = value, start
     statuses = _statuses(values, found | has_tiles)
+    # count and count_distinct over no rows are 0 for every entity, seen or
+    # not (as the export computes them): a value, never NOT_FOUND
+    statuses[:, [agg.empty() is not None for agg in states_of]] = pb.PRESENT
     for j, f in enumerate(aggs):
         _vector(f, values[:, j], statuses[:, j], latest[:, j].tolist(), columns[f.ref])
     return int(latest.max(initial=0))

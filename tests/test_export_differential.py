@@ -28,11 +28,17 @@ def test_export_equals_brute_force_reference(data):
     d.check_export(table, labels, events)
 
 
-@pytest.mark.parametrize("at", [d.T0 + d.DAY + 7 * d.MIN + 30 * d.US,   # mid-tile
-                                d.T0 + 2 * d.DAY])                       # a tile's first instant
-def test_served_after_materialize_equals_export(data, redis_url, at):
+@pytest.mark.parametrize("end, at", [
+    (d.T0 + d.DAY + 7 * d.MIN + 30 * d.US,) * 2,     # mid-tile
+    (d.T0 + 2 * d.DAY,) * 2,                         # a tile's first instant
+    # served later than materialized: rows past their ttl, then past their
+    # key's life (2 x ttl), windows emptying; then every key of the ttl view gone
+    (d.T0 + 2 * d.DAY, d.T0 + 3 * d.DAY + 5 * d.HOUR + 7 * d.US),
+    (d.T0 + 2 * d.DAY, d.T0 + 5 * d.DAY),
+])
+def test_served_after_materialize_equals_export(data, redis_url, end, at):
     root, events = data
-    materialize(d.PLAN, root, d.PROJECT, redis_url, end_us=at)
+    materialize(d.PLAN, root, d.PROJECT, redis_url, end_us=end)
 
     def served(entities, t):
         return d.served_at(redis_url, entities, t)

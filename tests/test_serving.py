@@ -211,8 +211,8 @@ def test_aggregation_statuses_when_windows_are_empty(client, r):
         refs, entities={"user_id": ["row_only", "old_tiles", "null_sum", "nobody"]})
 
     values, statuses = got.to_dict(), got.statuses
-    assert values["purchases_1h"] == [0, 0, 1, None]  # count of nothing is 0, if known
-    assert statuses["purchases_1h"].tolist() == [P, P, P, MISSING]
+    assert values["purchases_1h"] == [0, 0, 1, 0]  # a count of nothing is 0, seen or not
+    assert statuses["purchases_1h"].tolist() == [P, P, P, P]
     assert values["spend_1d"] == [None, 8.0, None, None]
     assert statuses["spend_1d"].tolist() == [NULL, P, NULL, MISSING]
     assert statuses["avg_spend_1h"].tolist() == [NULL, NULL, NULL, MISSING]
@@ -232,7 +232,7 @@ def test_service_full_names_and_entity_columns_first(client, r):
 
     assert got.names == ["user_id", "user_spend__purchases_1h", "user_profile__country"]
     assert got.feature_names == ["user_spend__purchases_1h", "user_profile__country"]
-    assert got.to_dict() == {"user_id": ["u1", "u2"], "user_spend__purchases_1h": [2, None],
+    assert got.to_dict() == {"user_id": ["u1", "u2"], "user_spend__purchases_1h": [2, 0],
                              "user_profile__country": ["DE", None]}
     assert got.response.metadata.served_at == NOW
     everything = client.get_online_features(service="spend_all", entities={"user_id": ["u1"]})
