@@ -209,7 +209,7 @@ def cmd_export(args) -> None:
     say(f"exporting {labels} -> {args.out}")
     stats = export_to_parquet(plan, cfg.root, labels, args.out, service=args.service,
                               features=features, timestamp=args.timestamp,
-                              full_feature_names=args.full_names,
+                              full_feature_names=args.full_names, statuses=args.statuses,
                               memory_limit=args.memory_limit or cfg.memory_limit,
                               progress=progress)
     say(f"wrote {stats.rows:,} rows x {stats.features} features to {stats.path} "
@@ -406,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timestamp", help="the labels' time column (default event_timestamp, "
                                        "or the only timestamp column)")
     s.add_argument("--full-names", action="store_true", help="name columns VIEW__FEATURE")
+    s.add_argument("--statuses", action="store_true",
+                   help="add VIEW__status per view with row-level features: the status the "
+                        "server gives them (PRESENT, OUTSIDE_MAX_AGE, NOT_FOUND)")
     s.add_argument("--memory-limit", help="DuckDB memory limit, e.g. 2GB (default batch.memory_limit)")
     s = verb("serve", cmd_serve, "run the gRPC feature server")
     s.add_argument("--host")

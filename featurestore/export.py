@@ -27,7 +27,9 @@ result goes to Parquet with COPY, so no Python runs per row except the
 finalizer of sums, averages and variances (a UDF called per batch of rows).
 
 Output: the label columns as they are, in the labels' order, then one column
-per feature (named `feature`, or `view__feature` with full_feature_names).
+per feature (named `feature`, or `view__feature` with full_feature_names);
+with `statuses`, then `<view>__status` per view whose row-level features are
+exported: the status the server gives them at t (README "Semantics").
 Labels before any event get null (0 for counts).
 """
 from __future__ import annotations
@@ -227,11 +229,15 @@ class _Step:
     statement: str
 
 
+STATUS = "__status"   # key of a view's status among the outputs
+
+
 def point_in_time(plan: Plan, root: Path, features: list[Feature], label_columns: list[str],
-                  t_range: tuple[int, int]) -> tuple[list[_Step], str]:
+                  t_range: tuple[int, int], statuses: bool = False) -> tuple[list[_Step], str]:
     """The statements that build the per-view tables, and the final query
-    (label columns, then features, in label order). `t_range` is the lowest
-    and highest label time."""
+    (label columns, then features, in label order; with `statuses`, then a
+    `<view>__status` column per view whose row-level features are exported).
+    `t_range` is the lowest and highest label time."""
     steps: list[_Step] = []
     joins, outputs = [], {}
     for n, view in enumerate(dict.fromkeys(f.view for f in features)):
@@ -243,6 +249,10 @@ def point_in_time(plan: Plan, root: Path, features: list[Feature], label_columns
         outputs.update(view_outputs)
     select = [f"l.{ident(c)}" for c in label_columns]
     select += [f"{outputs[(f.view.name, f.name)]} AS {ident(f.column)}" for f in features]
+    if statuses:
+        select += [f"{outputs[(view.name, STATUS)]} AS {ident(view.name + '__status')}"
+                   for view in dict.fromkeys(f.view for f in features)
+                   if (view.name, STATUS) in outputs]
     final = (f"SELECT {', '.join(select)} FROM __labels l "
              + " ".join(f"LEFT JOIN {t} USING (__row)" for t in joins) + " ORDER BY l.__row")
     return steps, final
@@ -283,6 +293,7 @@ def _view_queries(plan: Plan, root: Path, view: View, p: str, wanted: list[Featu
         for f in rows:
             feature_type = view.row_features[f.index].type
             outputs[(view.name, f.name)] = _out(f"{p}_latest.f{f.index}", feature_type)
+        outputs[(view.name, STATUS)] = f"{p}_latest.__status"
     steps.append(_drop(f"{view.name}: free the rows", [f"{p}_rows"]))
     return steps, joins, outputs
 
@@ -321,8 +332,9 @@ def _read_range(view: View, aggs: list[int], rows: bool, t_range: tuple[int, int
     for k in aggs:
         reach.append(windows.window_start(t_min, view.tile_us,
                                           windows.reach_us(view, view.aggregations[k])))
-    if rows:
-        reach.append(None if view.ttl_us is None else t_min - view.ttl_us)
+    if rows:   # back to the row key's life: a row past its ttl is OUTSIDE_MAX_AGE
+        keep = windows.rows_keep_us(view)
+        reach.append(None if keep is None else t_min - keep)
     return (None if None in reach else min(reach)), t_max
 
 
@@ -455,7 +467,19 @@ def _latest_sql(view: View, p: str, keys: list[str], on: str) -> str:
                        f"ELSE a.f{i} END AS f{i}" for i in range(n))
     match = " AND ".join([f"a.{k} = w.{k}" for k in keys] + ["a.__ts = w.__ts"])
     return (f"CREATE TEMP TABLE {p}_latest AS WITH __matched AS MATERIALIZED ({matched}) "
-            f"SELECT a.__row, {values} FROM __matched a LEFT JOIN ({winners}) w ON {match}")
+            f"SELECT a.__row, {values}, {_row_status_sql(view)} AS __status "
+            f"FROM __matched a LEFT JOIN ({winners}) w ON {match}")
+
+
+def _row_status_sql(view: View) -> str:
+    """The serving status of the view's row at each label's t (README
+    "Semantics"): NOT_FOUND without a row, or past the row key's life
+    (`windows.rows_keep_us`); OUTSIDE_MAX_AGE past the ttl; else PRESENT."""
+    if view.ttl_us is None:
+        return "CASE WHEN a.__ts IS NULL THEN 'NOT_FOUND' ELSE 'PRESENT' END"
+    return (f"CASE WHEN a.__ts IS NULL OR a.__ts <= a.__t - {windows.rows_keep_us(view)} "
+            f"THEN 'NOT_FOUND' WHEN a.__ts <= a.__t - {view.ttl_us} THEN 'OUTSIDE_MAX_AGE' "
+            f"ELSE 'PRESENT' END")
 
 
 # ------------------------------------------------------------------ finalizers
@@ -504,7 +528,7 @@ def _integers(high: pa.Array, low: pa.Array) -> list[int | None]:
 # ------------------------------------------------------------------ running
 def _run(plan: Plan, root: Path, labels, *, service, features, timestamp, full_feature_names,
          memory_limit, temp_directory, progress, finish: Callable[[object, str], object],
-         label_columns_in_sql: bool = True):
+         label_columns_in_sql: bool = True, statuses: bool = False):
     wanted = resolve_features(plan, service, features, full_feature_names)
     _check_sources(plan, wanted)
     scratch = Path(tempfile.mkdtemp(prefix="featurestore-export-", dir=temp_directory))
@@ -525,7 +549,7 @@ def _run(plan: Plan, root: Path, labels, *, service, features, timestamp, full_f
         t_min, t_max = _one(con, "SELECT min(__t), max(__t) FROM __labels")
         steps, final = point_in_time(plan, root, wanted,
                                      label_columns if label_columns_in_sql else [],
-                                     (t_min or 0, t_max or 0))
+                                     (t_min or 0, t_max or 0), statuses)
         _register_finalizers(con, wanted)
         steps.append(_Step("result", final))
         for i, step in enumerate(steps):
@@ -570,7 +594,7 @@ def export(plan: Plan, root: Path, labels, *, service: str | None = None,
            features: Sequence[str] | None = None, timestamp: str | None = None,
            full_feature_names: bool = False, memory_limit: str = "4GB",
            temp_directory: str | Path | None = None,
-           progress: Progress | None = None) -> pa.Table:
+           progress: Progress | None = None, statuses: bool = False) -> pa.Table:
     """The training set as an Arrow table (`.to_pandas()` for pandas).
 
     `labels`: a Parquet path (globs allowed), an Arrow table or a pandas
@@ -584,6 +608,7 @@ def export(plan: Plan, root: Path, labels, *, service: str | None = None,
                      timestamp=timestamp, full_feature_names=full_feature_names,
                      memory_limit=memory_limit, temp_directory=temp_directory,
                      progress=progress, label_columns_in_sql=not in_memory,
+                     statuses=statuses,
                      finish=lambda con, final: con.sql(final).to_arrow_table())
     if not in_memory:
         return table
@@ -598,7 +623,7 @@ def export_to_parquet(plan: Plan, root: Path, labels, out: str | Path, *,
                       service: str | None = None, features: Sequence[str] | None = None,
                       timestamp: str | None = None, full_feature_names: bool = False,
                       memory_limit: str = "4GB", temp_directory: str | Path | None = None,
-                      progress: Progress | None = None) -> ExportStats:
+                      progress: Progress | None = None, statuses: bool = False) -> ExportStats:
     """`export`, written to a Parquet file by DuckDB (COPY) as it is computed:
     the result never passes through Python, and memory stays under the limit.
     The folder of `out` must exist (checked before any work; it is not created,
@@ -613,5 +638,5 @@ def export_to_parquet(plan: Plan, root: Path, labels, out: str | Path, *,
     rows, seconds, timings, n = _run(plan, root, labels, service=service, features=features,
                                      timestamp=timestamp, full_feature_names=full_feature_names,
                                      memory_limit=memory_limit, temp_directory=temp_directory,
-                                     progress=progress, finish=copy)
+                                     progress=progress, finish=copy, statuses=statuses)
     return ExportStats(rows, n, seconds, out, timings)

@@ -370,6 +370,8 @@ def with_server(manifest, redis_url: str, t: int, use: Callable[[str], object]):
         try:
             loop = asyncio.get_running_loop()
             result.append(await loop.run_in_executor(None, use, server.address))
+        except BaseException as e:   # raised again on the caller's thread
+            result.append(e)
         finally:
             await server.stop(None)
 
@@ -377,6 +379,8 @@ def with_server(manifest, redis_url: str, t: int, use: Callable[[str], object]):
     thread = threading.Thread(target=lambda: asyncio.run(run()))
     thread.start()
     thread.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
     return result[0]
 
 

@@ -45,3 +45,45 @@ def test_served_after_materialize_equals_export(data, redis_url, end, at):
 
     d.check_served(served, lambda labels: export(d.PLAN, root, labels, service="everything"),
                    events, at)
+
+
+@pytest.mark.parametrize("end, at", [
+    (d.T0 + 2 * d.DAY,) * 2,
+    (d.T0 + 2 * d.DAY, d.T0 + 2 * d.DAY + 20 * d.HOUR),
+    (d.T0 + 2 * d.DAY, d.T0 + 3 * d.DAY + 5 * d.HOUR + 7 * d.US),
+    (d.T0 + 2 * d.DAY, d.T0 + 5 * d.DAY),
+])
+def test_exported_statuses_are_the_served_ones(data, redis_url, end, at):
+    """`export(statuses=True)`: per view with row-level features, the status
+    the server gives them at t, including rows past the ttl and past their
+    key's life, and entities never seen."""
+    from featurestore.backends.serving_manifest import manifest_from_plan
+    from serving.client import FeatureClient, FieldStatus
+
+    root, events = data
+    materialize(d.PLAN, root, d.PROJECT, redis_url, end_us=end)
+    entities = sorted({(e["user"], e["shop"]) for e in events}) + [("nobody", 7)]
+
+    def statuses(address):
+        with FeatureClient(address) as client:
+            got = client.get_online_features(
+                features=["buys:buys_last_amount", "shops:shops_last_amount"],
+                entities={"user": [u for u, _ in entities], "shop": [s for _, s in entities]})
+            return {view: [FieldStatus(s).name for s in got.statuses[f"{view}_last_amount"]]
+                    for view in ("buys", "shops")}
+
+    served = d.with_server(manifest_from_plan(d.PLAN, d.PROJECT), redis_url, at, statuses)
+    labels = d.labels_table([{"user": u, "shop": s, "event_timestamp": at, "label": 0,
+                              "weight": 0.0, "note": None} for u, s in entities])
+    table = export(d.PLAN, root, labels, features=["buys:buys_last_amount",
+                                                   "shops:shops_last_amount"], statuses=True)
+    for view in ("buys", "shops"):
+        exported = table[f"{view}__status"].to_pylist()
+        # a null value that is PRESENT online is NULL_VALUE: the export's
+        # value column says so; the status column is the row's
+        online = ["PRESENT" if s == "NULL_VALUE" else s for s in served[view]]
+        assert exported == online, view
+    kinds = set(served["buys"]) - {"NULL_VALUE"}
+    assert "NOT_FOUND" in kinds   # ("nobody")
+    assert kinds == {"NOT_FOUND"} if at - end > 2 * d.DAY else \
+        "OUTSIDE_MAX_AGE" in kinds if at - end > d.DAY else "PRESENT" in kinds
