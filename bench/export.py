@@ -163,7 +163,7 @@ def agreement(work: Path) -> float:
                       for f in ROW_FEATURES)
     total, equal = duckdb.sql(
         f"SELECT count(*) * {len(ROW_FEATURES)}, sum({same}) FROM '{work}/out_rows.parquet' o "
-        f"JOIN '{work}/feast_out.parquet' f USING (label_id)").fetchone()
+        f"JOIN '{work}/feast_out.parquet' f USING (label_id)").fetchall()[0]
     return equal / total
 
 

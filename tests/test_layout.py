@@ -59,7 +59,7 @@ def test_sql_tile_fields_are_the_python_ones():
     con = duckdb.connect()
     for start, size in [(1767225600000000, None), (-3_600_000_000, 3_600_000_000), (0, 86400)]:
         sql = layout.sql_tile_field(str(start), size)
-        assert con.sql(f"SELECT {sql}").fetchone()[0].encode() == layout.tile_field(start, size)
+        assert con.sql(f"SELECT {sql}").fetchall()[0][0].encode() == layout.tile_field(start, size)
 
 
 def test_escaping_keeps_distinct_keys_distinct():

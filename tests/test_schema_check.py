@@ -296,7 +296,7 @@ def _materialized(root: Path, url: str, declared: str, data_type: str, key_type:
 def test_accepted_types_are_stored_as_the_declared_type(tmp_path, redis_url, declared,
                                                         data_type, key_type):
     assert schema_check.accepts(declared, duckdb.sql(
-        f"SELECT typeof(CAST(NULL AS {data_type}))").fetchone()[0])
+        f"SELECT typeof(CAST(NULL AS {data_type}))").fetchall()[0][0])
     want = _materialized(tmp_path / "want", redis_url, declared, _CANONICAL[declared], "BIGINT")
     assert want
     got = _materialized(tmp_path / "got", redis_url, declared, data_type, key_type)
