@@ -52,8 +52,9 @@ from dsl.plan import Column, Plan, View, format_duration
 from featurestore import tiles, windows
 from featurestore.backends import duckdb_sql as sql
 from featurestore.backends.duckdb_sql import floor_div, floor_to, ident, literal
-from featurestore.materialize import connect
 from featurestore.errors import DataError, UserError
+from featurestore.materialize import connect
+from featurestore.schema_check import require_valid_data
 
 Progress = Callable[[str, float], None]   # (step, fraction of the whole export done)
 
@@ -537,6 +538,8 @@ def _run(plan: Plan, root: Path, labels, *, service, features, timestamp, full_f
     t0 = time.perf_counter()
     timings: list[tuple[str, float]] = []
     try:
+        # data that does not fit its declared schema is refused, never cast
+        require_valid_data(plan, root, {f.view.source for f in wanted}, con=con)
         label_columns, _ = _register_labels(con, labels, timestamp)
         described = dict(con.execute("SELECT column_name, column_type FROM "
                                      "(DESCRIBE __labels)").fetchall())

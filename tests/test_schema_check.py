@@ -91,6 +91,21 @@ def test_int64_over_floats_is_reported_not_truncated(shop, capsys):
     assert "declare `amount: float64`" in err
 
 
+def test_export_refuses_data_that_does_not_fit_instead_of_rounding(shop, capsys, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    labels = tmp_path / "labels.parquet"
+    pq.write_table(pa.table({"user_id": ["user_000001"], "event_timestamp": pa.array(
+        [1767268800000000], pa.int64()).cast(pa.timestamp("us", "UTC"))}), labels)
+    _edit(shop, "amount: float64", "amount: int64")
+    assert cli(["export", "--repo", str(shop), "--labels", str(labels), "--service",
+                "fraud_v1", "--out", str(tmp_path / "train.parquet")]) == 1
+    err = capsys.readouterr().err
+    assert "error[E603]: column 'amount' is declared int64" in err and "Traceback" not in err
+    assert not (tmp_path / "train.parquet").exists()
+
+
 def test_a_path_that_matches_no_file_is_reported_at_the_batch_clause(shop, capsys):
     _edit(shop, '"data/purchases/*.parquet"', '"data/purchase/*.parquet"')
     err = _check_data(shop, capsys)
