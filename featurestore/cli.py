@@ -486,14 +486,10 @@ def explain(e: Exception, args) -> str | None:
         extra = EXTRA_OF.get(e.name.split(".")[0])
         if extra:
             return str(MissingDependency(e.name, extra, f"`featurestore {args.verb}`"))
-    module = type(e).__module__.split(".")[0]
-    if module == "redis":
-        return f"Redis failed: {e}; check online_store.url, or that the repo's Redis runs"
-    if module in ("duckdb", "_duckdb"):
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"DuckDB failed: {first} (run with --debug for the query)"
     if isinstance(e, OSError) and e.filename:
         return f"{e.strerror or e}: {e.filename}"
     return None
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import duckdb
 import pyarrow as pa
 
 from dsl.plan import Column, Plan, View, format_duration
@@ -562,6 +563,11 @@ def _run(plan: Plan, root: Path, labels, *, service, features, timestamp, full_f
                           else con.execute(step.statement))
             timings.append((step.name, time.perf_counter() - started))
         return result, time.perf_counter() - t0, timings, len(wanted)
+    except duckdb.Error as e:
+        text = str(e).strip().splitlines()
+        raise DataError(f"DuckDB could not compute the training set: "
+                        f"{text[0] if text else type(e).__name__} "
+                        "(featurestore --debug shows the traceback)") from None
     finally:
         con.close()
         shutil.rmtree(scratch, ignore_errors=True)
