@@ -8,9 +8,12 @@
       host: 127.0.0.1
       port: 6566
       workers: 4                        # server processes (default: one per core)
-      api_keys: [k1, k2]                # optional; callers send one as x-api-key
+      api_keys: [k1, "sha256:9f86d0..."] # optional; callers send one as x-api-key
+      api_keys_file: secrets/keys.yaml  # optional: hashed keys with allow-lists, re-read
+                                        # when changed and on SIGHUP (serving.auth)
       tls_cert: certs/server.pem        # optional, with tls_key: serve TLS
       tls_key: certs/server.key
+      tls_client_ca: certs/ca.pem       # optional: mutual TLS, clients need a cert it signed
       metrics_port: 9464                # optional: Prometheus /metrics
       max_entities: 10000               # entity rows per request
       max_request_bytes: 4194304
@@ -64,9 +67,11 @@ class Serving(_Section):
     host: str = "127.0.0.1"
     port: int = Field(6566, ge=1, le=65535)
     workers: Optional[int] = Field(None, ge=1)  # None: one per core
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()              # each the key, or sha256:<hex>
+    api_keys_file: Optional[str] = None         # keys with allow-lists (serving.auth)
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
+    tls_client_ca: Optional[str] = None         # with it, clients need a certificate it signed
     metrics_port: Optional[int] = Field(None, ge=0, le=65535)
     max_entities: int = Field(10_000, ge=1)
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
@@ -292,4 +297,6 @@ def load(root: Path) -> RepoConfig:
                           "letters, digits and '_')")
     if bool(settings.serving.tls_cert) != bool(settings.serving.tls_key):
         pos.fail("serving", "tls_cert and tls_key go together: set both or neither")
+    if settings.serving.tls_client_ca and not settings.serving.tls_cert:
+        pos.fail("serving.tls_client_ca", "mutual TLS needs tls_cert and tls_key too")
     return RepoConfig(root=root, settings=settings)

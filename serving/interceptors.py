@@ -1,15 +1,17 @@
-"""Server interceptors, one concern each: API-key auth and Prometheus metrics.
+"""Server interceptors, one concern each: API-key auth, Prometheus metrics,
+and requests whose bytes do not decode.
 
 Health checking stays open to everyone, so load balancers and orchestrators
 can probe a server without holding a key.
 """
 from __future__ import annotations
 
-import hmac
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 import grpc
+
+from serving.auth import ApiKey, KeyRing
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
@@ -21,37 +23,77 @@ def _unary_handler(handler: grpc.RpcMethodHandler, behavior) -> grpc.RpcMethodHa
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls without a known key in `x-api-key` (or `authorization:
-    Bearer <key>`) metadata with UNAUTHENTICATED."""
+    """Refuses every call but health checks without a known key in
+    `x-api-key` (or `authorization: Bearer <key>`) metadata with
+    UNAUTHENTICATED, streaming ones (server reflection) included; and a
+    lookup the key may not make with PERMISSION_DENIED (`serving.auth`).
+    `views_of(service)` names the views a feature service reads."""
 
-    def __init__(self, keys: Iterable[str]):
-        self._keys = [k.encode() for k in keys if k]
-        if not self._keys:
-            raise ValueError("ApiKeyInterceptor needs at least one non-empty key")
+    def __init__(self, ring: KeyRing,
+                 views_of: Callable[[str], Iterable[str] | None] = lambda service: None):
+        if not ring.enabled:
+            raise ValueError("ApiKeyInterceptor needs at least one key")
+        self.ring = ring
+        self._views_of = views_of
 
-    def _allowed(self, metadata) -> bool:
+    def _key(self, metadata) -> ApiKey | None:
         for name, value in metadata or ():
             if name == "authorization" and value.startswith("Bearer "):
                 value = value[len("Bearer "):]
             elif name != "x-api-key":
                 continue
-            given = value.encode() if isinstance(value, str) else value
-            # Compare against every key in constant time: no timing oracle.
-            if any(hmac.compare_digest(given, k) for k in self._keys):
-                return True
-        return False
+            key = self.ring.find(value)
+            if key is not None:
+                return key
+        return None
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if details.method.startswith(HEALTH_PREFIX) or handler is None:
             return handler
-        if self._allowed(details.invocation_metadata):
+        key = self._key(details.invocation_metadata)
+        if key is None:
+            return _refused(handler, grpc.StatusCode.UNAUTHENTICATED,
+                            "missing or unknown API key: send it as 'x-api-key' metadata")
+        if key.unlimited or handler.unary_unary is None:
             return handler
+        inner, views_of = handler.unary_unary, self._views_of
 
-        async def refuse(request, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing or unknown API key: send it as 'x-api-key' metadata")
-        return _unary_handler(handler, refuse) if handler.unary_unary else handler
+        async def checked(request, context):
+            service, views = _asked(request)
+            refusal = key.refusal(service, views, views_of)
+            if refusal is not None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+            return await inner(request, context)
+        return _unary_handler(handler, checked)
+
+
+def _asked(request) -> tuple[str | None, set[str]]:
+    """The feature service, or the views of the features, a lookup names."""
+    which = getattr(request, "WhichOneof", None)
+    kind = which("kind") if which else None
+    if kind == "feature_service":
+        return request.feature_service, set()
+    if kind == "features":
+        return None, {ref.partition(":")[0] for ref in request.features.features}
+    return None, set()
+
+
+def _refused(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
+             message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that aborts every call."""
+    async def refuse(request_or_iterator, context):
+        await context.abort(code, message)
+
+    args = dict(request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse, **args)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse, **args)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, **args)
+    return grpc.stream_stream_rpc_method_handler(refuse, **args)
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -95,3 +137,39 @@ def _code_name(context) -> str:
     if isinstance(code, grpc.StatusCode):
         return code.name
     return "UNKNOWN" if code is None else str(code)
+
+
+class Undecodable:
+    """A request whose bytes are not a message of the method's type."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+class DecodeInterceptor(grpc.aio.ServerInterceptor):
+    """Answers a request whose bytes do not decode with INVALID_ARGUMENT
+    saying so (gRPC itself would answer UNKNOWN). Innermost in the chain,
+    so the other interceptors see its decoder."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        decode, inner = handler.request_deserializer, handler.unary_unary
+        method = details.method.rsplit("/", 1)[-1]
+
+        def safe(data: bytes):
+            try:
+                return decode(data)
+            except Exception as e:  # DecodeError, or anything a decoder raises on bad bytes
+                return Undecodable(f"{type(e).__name__}: {e}")
+
+        async def behavior(request, context):
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"the request bytes are not a {method} request "
+                                    f"({request.reason})")
+            return await inner(request, context)
+        return grpc.unary_unary_rpc_method_handler(
+            behavior, request_deserializer=safe,
+            response_serializer=handler.response_serializer)

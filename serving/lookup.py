@@ -389,8 +389,13 @@ def _entity_columns(key_kinds: Mapping[str, str], views,
     return columns, next(iter(lengths.values()))
 
 
+_KEY_LISTS = frozenset(KEY_KINDS.values())
+
+
 def _key_values(key: str, kind: str, column: pb.ValueList) -> list:
     given = column.WhichOneof("kind")
+    if given is not None and given not in _KEY_LISTS:
+        raise BadRequest(f"entity key column {key!r} must be sent as {kind}, not {given}")
     values = list(getattr(column, given).values) if given else []
     # An empty column says nothing about its type; accept it as any kind.
     if values and given != kind:

@@ -39,7 +39,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from featurestore import config, layout
 from featurestore.manifest import Manifest
-from serving import interceptors, lookup
+from featurestore.errors import ServiceError
+from serving import auth, interceptors, lookup
 from serving.versions import Versions
 from serving.v1 import serving_pb2, serving_pb2_grpc
 
@@ -79,8 +80,12 @@ class ServerOptions:
     """Production settings of a server (featurestore.yaml `serving:` section).
 
     api_keys          callers must send one of these as `x-api-key` metadata
-                      (none: no auth); health checks stay open
+                      (each the key or sha256:<hex>; none and no file: no
+                      auth); health checks stay open (`serving.auth`)
+    api_keys_file     YAML of hashed keys with allow-lists, re-read when it
+                      changes and on SIGHUP
     tls_cert/tls_key  PEM files: serve TLS instead of plaintext
+    tls_client_ca     PEM: mutual TLS, clients need a certificate it signed
     metrics_port      Prometheus /metrics on this port (0: a free one; None: off)
     max_request_bytes larger requests are refused by gRPC (RESOURCE_EXHAUSTED)
     max_entities      more entity rows in one request get INVALID_ARGUMENT
@@ -92,8 +97,10 @@ class ServerOptions:
                       view versions Redis holds (`serving.versions`)
     """
     api_keys: tuple[str, ...] = ()
+    api_keys_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    tls_client_ca: str | None = None
     metrics_port: int | None = None
     max_request_bytes: int = _DEFAULTS.max_request_bytes
     max_entities: int = _DEFAULTS.max_entities
@@ -107,9 +114,12 @@ class ServerOptions:
         """The options `featurestore.yaml`'s serving section sets
         (`metrics_port`, when given, overrides it)."""
         s = cfg.serving
-        return cls(api_keys=s.api_keys,
-                   tls_cert=str(cfg.path(s.tls_cert)) if s.tls_cert else None,
-                   tls_key=str(cfg.path(s.tls_key)) if s.tls_key else None,
+        def path(p):
+            return str(cfg.path(p)) if p else None
+
+        return cls(api_keys=s.api_keys, api_keys_file=path(s.api_keys_file),
+                   tls_cert=path(s.tls_cert), tls_key=path(s.tls_key),
+                   tls_client_ca=path(s.tls_client_ca),
                    metrics_port=s.metrics_port if metrics_port is None else metrics_port,
                    max_request_bytes=s.max_request_bytes, max_entities=s.max_entities,
                    max_pending_rows=s.max_pending_rows,
@@ -352,6 +362,11 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
         finally:
             self._pending -= rows
 
+    def views_of(self, service: str) -> set[str] | None:
+        """The views a feature service reads (None: no such service)."""
+        refs = self.versions.manifest.services.get(service)
+        return None if refs is None else {view for view, _ in refs}
+
     async def watch_versions(self, interval: float) -> None:
         """Pick up applied changes and newly written view versions, every
         `interval` seconds (`serving.versions`)."""
@@ -387,7 +402,7 @@ class RunningServer:
 
     def __init__(self, server: grpc.aio.Server, host: str, port: int, store: OnlineStore,
                  servicer: FeatureServicer, health: grpc_health.aio.HealthServicer,
-                 watcher: asyncio.Task, reloader: asyncio.Task,
+                 tasks: list[asyncio.Task], keys: auth.KeyRing,
                  metrics: "_Metrics | None" = None):
         self.port = port
         self._servicer = servicer
@@ -397,15 +412,15 @@ class RunningServer:
         self._server = server
         self._store = store
         self._health = health
-        self._watcher = watcher
-        self._reloader = reloader
+        self._tasks = tasks
+        self.keys = keys
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, refuse new RPCs, give in-flight ones `grace`
         seconds (None: cancel them now), then close the Redis connections."""
         await self._health.enter_graceful_shutdown()
-        self._watcher.cancel()
-        self._reloader.cancel()
+        for task in self._tasks:
+            task.cancel()
         await self._server.stop(grace)
         self._servicer.close()
         await self._store.close()
@@ -440,13 +455,14 @@ class _Metrics:
             self._http.server_close()
 
 
-def _grpc_server(options: ServerOptions, metrics: _Metrics | None,
-                 reuse_port: bool) -> grpc.aio.Server:
-    chain = []
+def _grpc_server(options: ServerOptions, metrics: _Metrics | None, reuse_port: bool,
+                 auth: interceptors.ApiKeyInterceptor | None) -> grpc.aio.Server:
+    chain: list = []
     if metrics:  # first, so refused calls are counted too
         chain.append(metrics.interceptor)
-    if options.api_keys:
-        chain.append(interceptors.ApiKeyInterceptor(options.api_keys))
+    if auth is not None:
+        chain.append(auth)
+    chain.append(interceptors.DecodeInterceptor())   # innermost: the others see its decoder
     # so_reuseport only for the workers of one `serve --workers N`: otherwise
     # Linux would let a second server bind the same port and steal half the
     # connections.
@@ -460,8 +476,10 @@ def _bind(server: grpc.aio.Server, address: str, options: ServerOptions) -> int:
         return server.add_insecure_port(address)
     if not (options.tls_cert and options.tls_key):
         raise ValueError("TLS needs both tls_cert and tls_key")
+    ca = Path(options.tls_client_ca).read_bytes() if options.tls_client_ca else None
     creds = grpc.ssl_server_credentials(
-        [(Path(options.tls_key).read_bytes(), Path(options.tls_cert).read_bytes())])
+        [(Path(options.tls_key).read_bytes(), Path(options.tls_cert).read_bytes())],
+        root_certificates=ca, require_client_auth=ca is not None)
     return server.add_secure_port(address, creds)
 
 
@@ -485,10 +503,16 @@ async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.
     metrics = None
     if options.metrics_port is not None:
         metrics = _Metrics(host, None if worker else options.metrics_port)
-    server = _grpc_server(options, metrics, reuse_port=worker)
     servicer = FeatureServicer(Versions(manifest, manifest_path), store, clock or wall_clock_us,
                                options.max_entities, options.max_pending_rows)
     servicer.corrupt = metrics.corrupt if metrics else None
+    try:
+        ring = auth.KeyRing(options.api_keys, options.api_keys_file)
+    except auth.KeysFileError as e:
+        await store.close()
+        raise ServiceError(f"cannot serve: {e}") from None
+    guard = interceptors.ApiKeyInterceptor(ring, servicer.views_of) if ring.enabled else None
+    server = _grpc_server(options, metrics, reuse_port=worker, auth=guard)
     serving_pb2_grpc.add_ServingServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -503,10 +527,17 @@ async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.
         if metrics:
             metrics.close()
         raise
-    watcher = asyncio.create_task(store.watch(PROBE_INTERVAL_S))
-    reloader = asyncio.create_task(servicer.watch_versions(options.reload_interval))
-    return RunningServer(server, host, bound, store, servicer, health, watcher, reloader,
-                         metrics)
+    tasks = [asyncio.create_task(store.watch(PROBE_INTERVAL_S)),
+             asyncio.create_task(servicer.watch_versions(options.reload_interval)),
+             asyncio.create_task(_watch_keys(ring, options.reload_interval))]
+    return RunningServer(server, host, bound, store, servicer, health, tasks, ring, metrics)
+
+
+async def _watch_keys(ring: auth.KeyRing, interval: float) -> None:
+    """Re-read the API keys file when it changes."""
+    while ring.path is not None:
+        await asyncio.sleep(interval)
+        ring.reload()
 
 
 def serve(manifest_path: str | Path, redis_url: str, host: str = "127.0.0.1",
@@ -548,12 +579,13 @@ async def serve_until_signalled(manifest_path: str | Path, redis_url: str, host:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: running.keys.reload(force=True))
     log.info("%sserving project %r (%d views, %d services) on %s%s from Redis at %s%s%s",
              f"{worker}: " if worker else "", manifest.project, len(manifest.views),
              len(manifest.services), running.address, " (TLS)" if options.tls_cert else "",
              _without_credentials(redis_url),
              f"; metrics on :{running.metrics_port}/metrics" if running.metrics_port else "",
-             "; API keys required" if options.api_keys else "")
+             "; API keys required" if running.keys.enabled else "")
     if on_ready:
         on_ready()
     try:

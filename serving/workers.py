@@ -10,7 +10,8 @@ so the kernel spreads connections over them. The parent
   would otherwise let the workers join a stranger's socket),
 * restarts a worker that dies once it has served (at most once a second
   per worker); one that dies before it serves stops them all (WorkerFailed),
-* on SIGINT or SIGTERM stops every worker gracefully, and
+* on SIGINT or SIGTERM stops every worker gracefully, passes SIGHUP on
+  (each worker then re-reads its API keys file), and
 * exports every worker's Prometheus metrics on one endpoint (the client's
   multiprocess mode: each worker writes its values to files in a folder,
   the parent sums them when scraped).
@@ -61,6 +62,9 @@ def serve(manifest_path: str, redis_url: str, host: str, port: int, options, wor
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
+    # SIGHUP: every worker re-reads its API keys file
+    signal.signal(signal.SIGHUP, lambda *_: [os.kill(p.pid, signal.SIGHUP) for p in procs
+                                             if p.is_alive()])
     args = (manifest_path, redis_url, host, port, options)
     procs = [_start(context, args, i, workers) for i in range(workers)]
     exporter = _export_metrics(host, options.metrics_port, metrics_dir) if metrics_dir else None
