@@ -74,8 +74,10 @@ def _asked(request) -> tuple[str | None, set[str]]:
     kind = which("kind") if which else None
     if kind == "feature_service":
         return request.feature_service, set()
-    if kind == "features":
-        return None, {ref.partition(":")[0] for ref in request.features.features}
+    if kind == "features":   # ours names them `features`, Feast's `val`
+        listed = request.features
+        refs = listed.val if hasattr(listed, "val") else listed.features
+        return None, {ref.partition(":")[0] for ref in refs}
     return None, set()
 
 

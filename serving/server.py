@@ -40,7 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from featurestore import config, layout
 from featurestore.manifest import Manifest
 from featurestore.errors import ServiceError
-from serving import auth, interceptors, lookup
+from serving import auth, feast_api, interceptors, lookup
 from serving.versions import Versions
 from serving.v1 import serving_pb2, serving_pb2_grpc
 
@@ -514,6 +514,7 @@ async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.
     guard = interceptors.ApiKeyInterceptor(ring, servicer.views_of) if ring.enabled else None
     server = _grpc_server(options, metrics, reuse_port=worker, auth=guard)
     serving_pb2_grpc.add_ServingServiceServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers(feast_api.handlers(servicer))   # Feast's clients
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, grpc_health.SERVICE_NAME, reflection.SERVICE_NAME), server)
