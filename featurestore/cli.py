@@ -6,6 +6,7 @@ traceback only with --debug), 2 bad command-line usage, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import sys
@@ -226,6 +227,8 @@ def cmd_serve(args) -> None:
         raise UserError("the repo has not been applied: run `featurestore apply` first")
     url = repo.redis_url(cfg, say, start=False)
     options = ServerOptions.from_config(cfg, metrics_port=args.metrics_port)
+    if args.http_port is not None:
+        options = dataclasses.replace(options, http_port=args.http_port)
     workers = args.workers or cfg.serving.workers or default_workers()
     if workers < 1:
         raise UserError(f"--workers must be at least 1, not {workers}")
@@ -414,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--metrics-port", type=int, help="expose Prometheus /metrics on this port")
+    s.add_argument("--http-port", type=int,
+                   help="also serve Feast's HTTP API (POST /get-online-features) on this port "
+                        "(default: serving.http_port, else off)")
     s.add_argument("--workers", type=int,
                    help="server processes sharing the port (default: serving.workers, "
                         "else one per core)")

@@ -14,6 +14,7 @@
       tls_cert: certs/server.pem        # optional, with tls_key: serve TLS
       tls_key: certs/server.key
       tls_client_ca: certs/ca.pem       # optional: mutual TLS, clients need a cert it signed
+      http_port: 6567                   # optional: Feast's HTTP API, POST /get-online-features
       metrics_port: 9464                # optional: Prometheus /metrics
       max_entities: 10000               # entity rows per request
       max_request_bytes: 4194304
@@ -72,6 +73,7 @@ class Serving(_Section):
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     tls_client_ca: Optional[str] = None         # with it, clients need a certificate it signed
+    http_port: Optional[int] = Field(None, ge=0, le=65535)   # Feast's HTTP API (serving.http_api)
     metrics_port: Optional[int] = Field(None, ge=0, le=65535)
     max_entities: int = Field(10_000, ge=1)
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)

@@ -47,6 +47,18 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
                 return key
         return None
 
+    def check_http(self, headers, request) -> tuple[grpc.StatusCode, str] | None:
+        """The refusal of an HTTP lookup (`serving.http_api`): its headers
+        carry the key as gRPC metadata does; None when it may go on."""
+        key = self._key([(name, headers[name]) for name in ("x-api-key", "authorization")
+                         if name in headers])
+        if key is None:
+            return (grpc.StatusCode.UNAUTHENTICATED,
+                    "missing or unknown API key: send it as the 'x-api-key' header")
+        service, views = _asked(request)
+        refusal = key.refusal(service, views, self._views_of)
+        return None if refusal is None else (grpc.StatusCode.PERMISSION_DENIED, refusal)
+
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if details.method.startswith(HEALTH_PREFIX) or handler is None:

@@ -86,6 +86,8 @@ class ServerOptions:
                       changes and on SIGHUP
     tls_cert/tls_key  PEM files: serve TLS instead of plaintext
     tls_client_ca     PEM: mutual TLS, clients need a certificate it signed
+    http_port         Feast's HTTP API (`serving.http_api`) on this port (0: a
+                      free one; None: off)
     metrics_port      Prometheus /metrics on this port (0: a free one; None: off)
     max_request_bytes larger requests are refused by gRPC (RESOURCE_EXHAUSTED)
     max_entities      more entity rows in one request get INVALID_ARGUMENT
@@ -101,6 +103,7 @@ class ServerOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    http_port: int | None = None
     metrics_port: int | None = None
     max_request_bytes: int = _DEFAULTS.max_request_bytes
     max_entities: int = _DEFAULTS.max_entities
@@ -119,7 +122,7 @@ class ServerOptions:
 
         return cls(api_keys=s.api_keys, api_keys_file=path(s.api_keys_file),
                    tls_cert=path(s.tls_cert), tls_key=path(s.tls_key),
-                   tls_client_ca=path(s.tls_client_ca),
+                   tls_client_ca=path(s.tls_client_ca), http_port=s.http_port,
                    metrics_port=s.metrics_port if metrics_port is None else metrics_port,
                    max_request_bytes=s.max_request_bytes, max_entities=s.max_entities,
                    max_pending_rows=s.max_pending_rows,
@@ -128,6 +131,14 @@ class ServerOptions:
 
 class StoreUnavailable(RuntimeError):
     """Redis did not answer."""
+
+
+class LookupFailed(Exception):
+    """A lookup answered with a status code other than OK, and why."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
 Clock = Callable[[], int]
@@ -335,21 +346,32 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
                                 context: grpc.aio.ServicerContext
                                 ) -> serving_pb2.GetOnlineFeaturesResponse:
         try:
+            # The client's deadline bounds the Redis read: none outlives its RPC.
+            return await self.lookup(request, context.time_remaining())
+        except LookupFailed as e:
+            await context.abort(e.code, e.message)
+
+    async def lookup(self, request: serving_pb2.GetOnlineFeaturesRequest,
+                     time_left: float | None = None) -> serving_pb2.GetOnlineFeaturesResponse:
+        """Answer one request within `time_left` seconds (None: no deadline),
+        for every API of the server (ours, Feast's gRPC and HTTP); raises
+        LookupFailed with the status code and message to answer instead."""
+        try:
             prepared = lookup.prepare(self.versions.resolver, request, self._clock())
         except lookup.BadRequest as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise LookupFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         rows = prepared.rows
         if rows > self._max_entities:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"{rows} entity rows in one request; this server "
-                                f"takes at most {self._max_entities}: split the request")
+            raise LookupFailed(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"{rows} entity rows in one request; this server "
+                               f"takes at most {self._max_entities}: split the request")
         if self._pending and self._pending + rows > self._max_pending:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"this server is busy ({self._pending} entity rows in progress, "
-                                f"at most {self._max_pending}): retry with backoff")
+            raise LookupFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"this server is busy ({self._pending} entity rows in progress, "
+                               f"at most {self._max_pending}): retry with backoff")
         self._pending += rows
         try:
-            replies = await self._read(prepared, context)
+            replies = await self._read(prepared, time_left)
             if rows * len(prepared.features) <= INLINE_VALUES:
                 return lookup.respond(prepared, replies)
             return await asyncio.get_running_loop().run_in_executor(
@@ -358,7 +380,7 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
             log.error("%s", e)
             if self.corrupt is not None:
                 self.corrupt.labels(e.view).inc()
-            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+            raise LookupFailed(grpc.StatusCode.INTERNAL, str(e)) from None
         finally:
             self._pending -= rows
 
@@ -380,18 +402,17 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
         except (RedisError, OSError, asyncio.TimeoutError) as e:
             log.debug("could not check which view versions Redis holds: %s", e)
 
-    async def _read(self, prepared: lookup.Prepared, context: grpc.aio.ServicerContext):
+    async def _read(self, prepared: lookup.Prepared, time_left: float | None):
         try:
-            # The client's deadline bounds the Redis read: none outlives its RPC.
-            return await self._store.read(prepared, context.time_remaining())
+            return await self._store.read(prepared, time_left)
         except asyncio.TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                "the deadline passed while reading the online store")
+            raise LookupFailed(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               "the deadline passed while reading the online store") from None
         except StoreUnavailable as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+            raise LookupFailed(grpc.StatusCode.UNAVAILABLE, str(e)) from None
         except RedisError as e:
             log.error("Redis failed a lookup: %s", e)
-            await context.abort(grpc.StatusCode.INTERNAL, f"the online store failed: {e}")
+            raise LookupFailed(grpc.StatusCode.INTERNAL, f"the online store failed: {e}") from None
 
     def close(self) -> None:
         self._merger.shutdown(wait=False)
@@ -403,7 +424,7 @@ class RunningServer:
     def __init__(self, server: grpc.aio.Server, host: str, port: int, store: OnlineStore,
                  servicer: FeatureServicer, health: grpc_health.aio.HealthServicer,
                  tasks: list[asyncio.Task], keys: auth.KeyRing,
-                 metrics: "_Metrics | None" = None):
+                 metrics: "_Metrics | None" = None, http: tuple | None = None):
         self.port = port
         self._servicer = servicer
         self.address = _host_port(host, port)
@@ -414,6 +435,8 @@ class RunningServer:
         self._health = health
         self._tasks = tasks
         self.keys = keys
+        self._http = http   # (uvicorn server, its task, its port) or None
+        self.http_port = http[2] if http else None
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, refuse new RPCs, give in-flight ones `grace`
@@ -421,6 +444,10 @@ class RunningServer:
         await self._health.enter_graceful_shutdown()
         for task in self._tasks:
             task.cancel()
+        if self._http:
+            http_server, task, _ = self._http
+            http_server.should_exit = True
+            await task
         await self._server.stop(grace)
         self._servicer.close()
         await self._store.close()
@@ -518,12 +545,18 @@ async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, grpc_health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    http = None
     try:
         bound = _bind(server, _host_port(host, port), options)
         await store.probe()
         await servicer.refresh_versions()
         await server.start()
+        if options.http_port is not None:
+            from serving import http_api
+            http = await http_api.start(http_api.app(servicer, guard), host, options.http_port,
+                                        reuse_port=worker)
     except BaseException:
+        await server.stop(None)
         await store.close()
         if metrics:
             metrics.close()
@@ -531,7 +564,8 @@ async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.
     tasks = [asyncio.create_task(store.watch(PROBE_INTERVAL_S)),
              asyncio.create_task(servicer.watch_versions(options.reload_interval)),
              asyncio.create_task(_watch_keys(ring, options.reload_interval))]
-    return RunningServer(server, host, bound, store, servicer, health, tasks, ring, metrics)
+    return RunningServer(server, host, bound, store, servicer, health, tasks, ring, metrics,
+                         http)
 
 
 async def _watch_keys(ring: auth.KeyRing, interval: float) -> None:
@@ -581,11 +615,12 @@ async def serve_until_signalled(manifest_path: str | Path, redis_url: str, host:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: running.keys.reload(force=True))
-    log.info("%sserving project %r (%d views, %d services) on %s%s from Redis at %s%s%s",
+    log.info("%sserving project %r (%d views, %d services) on %s%s from Redis at %s%s%s%s",
              f"{worker}: " if worker else "", manifest.project, len(manifest.views),
              len(manifest.services), running.address, " (TLS)" if options.tls_cert else "",
              _without_credentials(redis_url),
              f"; metrics on :{running.metrics_port}/metrics" if running.metrics_port else "",
+             f"; Feast's HTTP API on :{running.http_port}" if running.http_port else "",
              "; API keys required" if running.keys.enabled else "")
     if on_ready:
         on_ready()
