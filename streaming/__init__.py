@@ -2,7 +2,10 @@
 
     flink_expr     types, literals and expressions in Flink SQL, with the DSL's meaning
     flink_states   tile states (featurestore.tiles) and latest rows in Flink SQL
-    flink_sql      the job: source DDL, each view's rows, outputs and settings; `render`
+    flink_sql      the job: source DDL, each view's rows, outputs and settings;
+                   `artifacts` for `featurestore compile`
+    wire           how Flink hands values to the writers: the SQL that spells them,
+                   the Python that reads them back
     sink           the Redis writers and the contract of their input
     udf            the Python functions that hand Flink's updates to the writers
     job            builds and runs the job (local MiniCluster or a cluster), checkpoints

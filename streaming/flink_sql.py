@@ -32,7 +32,7 @@ from pathlib import Path
 
 from dsl.plan import Plan, Source, View
 from featurestore import windows
-from streaming import flink_states, sink
+from streaming import flink_states, sink, wire
 from streaming.flink_expr import (KINDS, Unsupported, epoch_us, expr_sql, floor_to, ident,
                                   sql_type, string)
 from streaming.sink import Field
@@ -266,14 +266,9 @@ def view_output(view: View) -> sink.ViewOutput:
         future_us=windows.MAX_FUTURE_US)
 
 
-_TYPED = {"int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN", "string": "STRING",
-          "decimal": "DECIMAL(38, 0)"}
-_ZERO = {"int": "CAST(0 AS BIGINT)", "float": "0E0", "bool": "FALSE"}
-
-
 def _arguments(view: View, out: sink.ViewOutput, part: str) -> list[tuple[str, str]]:
     """(SQL, type) of each argument of a part's function, in sink.input_fields
-    order: a flagged field is its value (never null) and its null flag."""
+    order, as streaming.wire carries each field."""
     if part == sink.TILES:
         size = ["`__size`"] if out.rollups else []
         sources = [*(ident(k) for k, _ in view.keys), *size, "`__tile`",
@@ -283,15 +278,7 @@ def _arguments(view: View, out: sink.ViewOutput, part: str) -> list[tuple[str, s
     else:
         sources = ["`__drop`", "`__hour`", "`__count`"]
     fields = [f for f in sink.input_fields(out, part) if not f.name.endswith("__null")]
-    args = []
-    for sql, f in zip(sources, fields, strict=True):
-        typed = _TYPED.get(f.kind)
-        value = f"CAST({sql} AS {typed})" if typed else sql
-        if f.flagged:
-            args += [(f"COALESCE({value}, {_ZERO[f.kind]})", typed), (f"{sql} IS NULL", "BOOLEAN")]
-        else:
-            args.append((value, typed or "ARRAY<STRING>"))
-    return args
+    return [arg for sql, f in zip(sources, fields, strict=True) for arg in wire.field_sql(sql, f)]
 
 
 @dataclass(frozen=True)
@@ -427,4 +414,7 @@ def render(plan: Plan) -> dict[str, str]:
         f"{settings}\n{body};\n\n{inserts};\n")}
 
 
-artifacts = render  # the name featurestore.compile looks up
+def artifacts(plan: Plan, project: str) -> dict[str, str]:
+    """flink/job.sql (`render`), for `featurestore compile`; {} when no view
+    reads a stream."""
+    return {f"flink/{name}": text for name, text in sorted(render(plan).items())}

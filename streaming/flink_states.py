@@ -5,99 +5,25 @@
     latest   per entity, the latest row, by a continuous GROUP BY over its
              order text (MAX), which mini-batches as a top-1 cannot
 
-Both read `<view>__rows` (streaming.flink_sql) and are decoded by
-streaming.sink. Flink's MIN and MAX compare strings by their UTF-8 bytes;
-the order texts below turn the orders that tiles.py and the batch engine's
-tie-breaks use into byte order.
+Both read `<view>__rows` (streaming.flink_sql). How each state column and
+the latest row travel to the Python writers (and read back there) is
+streaming.wire's: this module chooses, per state column, the form it
+travels in, and computes the per-row inputs tiles.py defines.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from dsl.plan import View
 from featurestore import tiles, windows
+from streaming import wire
 from streaming.flink_expr import (KINDS, Unsupported, double, expr_sql, floor_to, ident,
                                   nan_sql, stored_sql)
-from streaming.sink import Field
+from streaming.wire import Field, StateSql, low_bits_sql
 
-OFFSET_62, OFFSET_63 = 2 ** 62, 2 ** 63
 _TWO_63, _TWO_62, _TWO_31, _TWO_32 = (double(2.0 ** 63), double(2.0 ** 62), double(2.0 ** 31),
                                       double(2.0 ** 32))
 
 
-# ================================================================ order texts
-def ts_text(ts: str) -> str:
-    """19 digits of ts + 2**62: fixed width, in time order. (Every TIMESTAMP
-    of Flink, years 0 to 9999, is within 2**58 µs of the epoch, so the sum
-    always has 19 digits and needs no padding, a saving on every event.)"""
-    return f"CAST({ts} + {OFFSET_62} AS STRING)"
-
-
-def int_text(x: str) -> str:
-    """20 digits of x + 2**63 (exact in DECIMAL): fixed width, in value order."""
-    return (f"LPAD(CAST(CAST({x} AS DECIMAL(20, 0)) + CAST('{OFFSET_63}' AS DECIMAL(20, 0)) "
-            "AS STRING), 20, '0')")
-
-
-def float_text(x: str, q: str) -> str:
-    """A float64 x (never -0.0) in value order: a class (0 -inf, 1 negative,
-    2 zero, 3 positive, 4 +inf, 5 NaN), then for finite values the biased
-    exponent q + 1075 of x's last bit and the significand |x| / 2**q, both
-    exact integers (q from `float_steps`)."""
-    biased = f"CAST({q} + 1075 AS BIGINT)"                       # 1 .. 2046
-    significand = f"CAST(ABS({x}) / POWER(2E0, {q}) AS BIGINT)"  # < 2**53
-    positive = (f"'3' || LPAD(CAST({biased} AS STRING), 4, '0') || "
-                f"LPAD(CAST({significand} AS STRING), 16, '0')")
-    negative = (f"'1' || LPAD(CAST(2048 - {biased} AS STRING), 4, '0') || "
-                f"LPAD(CAST({2 ** 53} - {significand} AS STRING), 16, '0')")
-    return (f"(CASE WHEN {nan_sql(x)} THEN '5' WHEN {x} = CAST('Infinity' AS DOUBLE) THEN '4' "
-            f"WHEN {x} = CAST('-Infinity' AS DOUBLE) THEN '0' WHEN {x} = 0 THEN '2' "
-            f"WHEN {x} > 0 THEN {positive} ELSE {negative} END)")
-
-
-def float_steps(x: str, name: str) -> tuple[str, str]:
-    """Two projections that find q, the exponent of a float64's last bit:
-    `g<name>` ~ floor(log2|x|) (LOG2 may miss by one next to a power of two,
-    so it is checked against POWER), then `q<name>` = max(g - 52, -1074)."""
-    g, absx = f"`__g{name}`", f"ABS({x})"
-    exponent = (f"CASE WHEN {absx} < POWER(2E0, {g}) THEN {g} - 1 "
-                f"WHEN {absx} >= POWER(2E0, {g} + 1) THEN {g} + 1 ELSE {g} END")
-    return (f"FLOOR(LOG2({absx})) AS `__g{name}`",
-            f"GREATEST({exponent} - 52, -1074E0) AS `__q{name}`")
-
-
-def string_text(x: str) -> str:
-    """A string that ends where its text ends: NUL written as NUL SOH, then
-    NUL NUL. Byte order of the texts is the order of the strings."""
-    return f"REPLACE({x}, CHR(0), CHR(0) || CHR(1)) || CHR(0) || CHR(0)"
-
-
-def pair_sql(ts: str, x: str, type_: str, q: str = "") -> str:
-    """(ts, x) as text in the order of (ts, x) in value order (first and last
-    are its MIN and MAX); sink.DECODERS["pair_<kind>"] reads it back."""
-    kind = KINDS[type_]
-    if kind == "int":
-        value = int_text(x)
-    elif kind == "bool":
-        value = f"CASE WHEN {x} THEN '1' WHEN NOT {x} THEN '0' END"
-    elif kind == "string":
-        value = x
-    else:  # Java's digits after the order: exact, and equal for equal values
-        value = f"{float_text(x, q)} || '|' || CAST({x} AS STRING)"
-    return f"({ts_text(ts)} || {value})"
-
-
 # ================================================================ tiles
-@dataclass(frozen=True)
-class StateSql:
-    """One tiles.StateColumn in Flink: aggregate expressions, the columns
-    they fill in the tiles view (as sink fields), and the decoder that makes
-    the state column from their values."""
-    aggregates: tuple[str, ...]
-    fields: tuple[Field, ...]
-    decoder: str
-
-
 def _input_sql(input_: str, k: int) -> str:
     """A per-row input of tiles.py over aggregation k's argument x<k>, as a
     BIGINT (b2, which needs 64 unsigned bits, as a DECIMAL)."""
@@ -119,45 +45,26 @@ def _input_sql(input_: str, k: int) -> str:
     }[input_]
 
 
-def _low(v: str) -> str:
-    """The low 32 bits of a BIGINT, in [0, 2**32): v = high * 2**32 + low."""
-    return f"MOD(MOD({v}, 4294967296) + 4294967296, 4294967296)"
-
-
 def state_sql(c: tiles.StateColumn, k: int | None, type_: str | None, w: int | None) -> StateSql:
     """The Flink form of state column c over argument x<k> (None: count())
     and filter w<w> (None: every row). A column's name says what it
     computes, so that aggregations that share a column (`sum(x) over 1h,
     1d`, or the sum inside `avg(x)`) compute it once."""
-    where = f" FILTER (WHERE `__w{w}`)" if w is not None else ""
+    where = None if w is None else f"`__w{w}`"
     name = f"__s{'r' if k is None else k}{'' if w is None else f'w{w}'}_{c.reduce}_{c.input}"
     x = f"`__x{k}`"
     if c.reduce == "count":
         arg = {"row": "*", "value": x}.get(c.input) or _input_sql(c.input, k)
-        return StateSql((f"COUNT({arg}){where}",), (Field(name, "int", False),), "value")
-    if c.reduce == "sum" and c.input == "b2":
-        return StateSql((f"SUM(`__i{k}_{c.input}`){where}",), (Field(name, "decimal"),), "int")
+        return wire.count_state(name, arg, where)
+    if c.reduce == "sum" and c.input == "b2":   # 64 unsigned bits a row: DECIMAL
+        return wire.decimal_sum_state(name, f"`__i{k}_{c.input}`", where)
     if c.reduce == "sum":
-        # Exact without DECIMAL arithmetic (which costs an object per row):
-        # sums of the high and low 32 bits, each far from overflowing BIGINT.
-        i, low = f"`__i{k}_{c.input}`", f"`__l{k}_{c.input}`"
-        return StateSql((f"SUM(({i} - {low}) / 4294967296){where}", f"SUM({low}){where}"),
-                        (Field(name + "_h", "int"), Field(name + "_l", "int")), "halves")
+        return wire.halves_state(name, f"`__i{k}_{c.input}`", f"`__l{k}_{c.input}`", where)
     if c.reduce == "set":
-        only = f"{x} IS NOT NULL"
-        where = f" FILTER (WHERE {only})" if not where else where[:-1] + f" AND {only})"
-        return StateSql((f"ARRAY_AGG(DISTINCT {x}){where}",), (Field(name, "list"),), "set")
+        return wire.set_state(name, x, where)
     if c.input == "ts_value":
-        return StateSql((f"{c.reduce.upper()}(`__pair{k}`){where}",), (Field(name, "string"),),
-                        f"pair_{KINDS[type_]}")
-    if KINDS[type_] == "float":
-        # Flink's MIN/MAX compare as Java's < does, which orders no NaN:
-        # NaN is counted apart and placed above every number by the decoder.
-        return StateSql((f"{c.reduce.upper()}(CASE WHEN NOT {nan_sql(x)} THEN {x} END){where}",
-                         f"COUNT(CASE WHEN {nan_sql(x)} THEN 1 END){where}"),
-                        (Field(name, "float"), Field(name + "_nan", "int", False)),
-                        f"{c.reduce}_float")
-    return StateSql((f"{c.reduce.upper()}({x}){where}",), (Field(name, KINDS[type_]),), "value")
+        return wire.pair_state(name, c.reduce, f"`__pair{k}`", KINDS[type_], where)
+    return wire.extreme_state(name, c.reduce, x, KINDS[type_], where)
 
 
 def shared_inputs(view: View) -> list[tuple[int | None, int | None]]:
@@ -211,7 +118,7 @@ def _derived_sql(view: View) -> list[list[str]]:
     """Columns over x<k>, in steps that each read the ones before. variance:
     fixed<k> (tiles.py's fixed point), then a<k>, b<k> with fixed = a * 2**32
     + b and 0 <= b < 2**32 (their products fit in 64 bits). first, last:
-    pair<k> (`pair_sql`), for float64 after the steps that find its exponent.
+    pair<k> (`wire.pair_sql`), for float64 after the steps that find its exponent.
     Sums: i<k>_<input>, the summed input, then l<k>_<input>, its low bits.
     Each is computed once for all the aggregations over x<k>."""
     steps: list[list[str]] = [[], [], [], []]
@@ -230,20 +137,20 @@ def _derived_sql(view: View) -> list[list[str]]:
             fixed = x if t in ("int64", "int32") else (
                 f"CASE WHEN ABS({x}) < {_TWO_31} THEN CAST({x} * {_TWO_32} AS BIGINT) END")
             add(0, fixed, f"__fixed{k}")
-            add(1, _low(f"`__fixed{k}`"), f"__b{k}")
-            add(1, f"(`__fixed{k}` - {_low(f'`__fixed{k}`')}) / 4294967296", f"__a{k}")
+            add(1, low_bits_sql(f"`__fixed{k}`"), f"__b{k}")
+            add(1, f"(`__fixed{k}` - {low_bits_sql(f'`__fixed{k}`')}) / 4294967296", f"__a{k}")
         if a.function in ("first", "last"):
             if KINDS[t] == "float" and f"__g{k}" not in seen:
-                g, q = float_steps(x, str(k))
+                g, q = wire.float_steps(x, str(k))
                 seen.add(f"__g{k}")
                 steps[0].append(g)
                 steps[1].append(q)
-            add(2, pair_sql("`__ts`", x, t, f"`__q{k}`"), f"__pair{k}")
+            add(2, wire.pair_sql("`__ts`", x, KINDS[t], f"`__q{k}`"), f"__pair{k}")
         for c in agg.columns:
             if c.reduce == "sum":
                 add(2, _input_sql(c.input, k), f"__i{k}_{c.input}")
                 if c.input != "b2":
-                    add(3, _low(f"`__i{k}_{c.input}`"), f"__l{k}_{c.input}")
+                    add(3, low_bits_sql(f"`__i{k}_{c.input}`"), f"__l{k}_{c.input}")
     return steps
 
 
@@ -291,38 +198,15 @@ def tiles_sql(view: View, rows: str, cut: str) -> list[str]:
 
 # ================================================================ latest rows
 def latest_text_sql(view: View) -> tuple[list[list[str]], str]:
-    """The row of a view as text whose byte order is the batch engine's
-    choice of the latest row: greatest event time, then the row features in
-    order (null lowest; numbers with NaN highest and -0.0 equal to 0.0;
-    strings by code point), then the signs of float zeros (-0.0 above).
-    Java's digits of float features end it, so that every value reads back
-    exactly (sink.decode_latest). Returns (projection steps, the text)."""
-    # steps: the feature values; float zeros made +0.0; log2; the exponent
-    steps: list[list[str]] = [[], [], [], []]
-    parts, signs, digits = [ts_text("`__ts`")], [], []
-    for i, f in enumerate(view.row_features):
+    """The row of a view as `wire.row_text_sql` spells it: its byte order is
+    the batch engine's choice of the latest row. Returns (projection steps,
+    the text)."""
+    values = []
+    for f in view.row_features:
         if f.type.startswith("list<"):
             raise Unsupported(f"row feature {f.name!r} of type {f.type} in a stream view")
-        v = f"`__f{i}`"
-        steps[0].append(f"{stored_sql(expr_sql(f.expr), f.type)} AS {v}")
-        kind = KINDS[f.type]
-        if kind == "float":
-            n = f"`__n{i}`"
-            steps[1].append(f"CASE WHEN {v} = 0 THEN 0E0 ELSE CAST({v} AS DOUBLE) END AS {n}")
-            g, q = float_steps(n, f"_{i}")
-            steps[2].append(g)
-            steps[3].append(q)
-            text = float_text(n, f"`__q_{i}`")
-            signs.append(f"CASE WHEN {v} = 0 AND 1E0 / {v} < 0 THEN '1' ELSE '0' END")
-            digits.append(f"'|' || COALESCE(CAST(CAST({v} AS DOUBLE) AS STRING), '')")
-        elif kind == "int":
-            text = int_text(v)
-        elif kind == "bool":
-            text = f"CASE WHEN {v} THEN '1' ELSE '0' END"
-        else:
-            text = string_text(v)
-        parts.append(f"CASE WHEN {v} IS NULL THEN '0' ELSE '1' || {text} END")
-    return steps, " || ".join(parts + signs + digits)
+        values.append((stored_sql(expr_sql(f.expr), f.type), KINDS[f.type]))
+    return wire.row_text_sql("`__ts`", values)
 
 
 def latest_sql(view: View, rows: str, cut: str) -> str:

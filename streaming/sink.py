@@ -5,7 +5,7 @@ Python function (`streaming.job`) that hands Arrow batches to a `RedisSink`:
 
     tiles     per (entity, tile): the state columns of every aggregation, for
               tiles of the view's size and for its rollups (windows.levels)
-    latest    per entity: the latest row, as flink_states.latest_text_sql spells it
+    latest    per entity: the latest row, as streaming.wire spells it
     dropped   per reason and hour: how many events the view dropped
 
 Every update carries the full state of what it describes, so a write replaces
@@ -14,7 +14,8 @@ again: delivery is at-least-once, the effect exactly-once. Keys and values
 are built by `featurestore.layout` only.
 
 `input_fields` is the contract with `streaming.flink_sql`: the columns each
-function receives, in order. This module imports neither pyflink nor pandas:
+function receives, in order; how their values are spelled and read back is
+`streaming.wire`'s. This module imports neither pyflink nor pandas:
 the Python workers import it, and tests drive it with plain lists.
 """
 from __future__ import annotations
@@ -26,35 +27,15 @@ from operator import itemgetter
 from typing import Callable, Sequence
 
 from featurestore import layout, tiles
+from streaming.wire import DECODERS, Field, decoded_kind, latest_decoder, unflag
 
 TILES, LATEST, DROPPED = "tiles", "latest", "dropped"
-_OFFSET_62, _OFFSET_63 = 2 ** 62, 2 ** 63
-
-
-@dataclass(frozen=True)
-class Field:
-    """One input column. `kind` is how values travel: int, float, bool,
-    string, decimal or list. Nullable numbers and booleans travel as a value
-    that is never null plus a `<name>__null` flag: Arrow-to-pandas turns
-    nulls into NaN, and integer columns with nulls into floats (which lose
-    digits beyond 2**53)."""
-    name: str
-    kind: str
-    nullable: bool = True
-
-    @property
-    def flagged(self) -> bool:
-        return self.nullable and self.kind in ("int", "float", "bool")
-
-    @property
-    def flag(self) -> str:
-        return self.name + "__null"
 
 
 @dataclass(frozen=True)
 class StateColumn:
     """The fields that carry one column of a tile state (featurestore.tiles),
-    and the decoder (`DECODERS`) that makes the column's values from them."""
+    and the decoder (`wire.DECODERS`) that makes the column's values from them."""
     decoder: str
     fields: tuple[Field, ...]
 
@@ -120,123 +101,6 @@ def state_fields(view: ViewOutput) -> list[Field]:
     return list({f.name: f for s in view.states for c in s.columns for f in c.fields}.values())
 
 
-# ------------------------------------------------------------ decoding
-def _values(column: list, flags: list | None) -> list:
-    return column if flags is None else [None if f else v for v, f in zip(column, flags)]
-
-
-def _exact_ints(columns: list) -> list:
-    return [None if v is None else int(v) for v in columns[0]]
-
-
-def _halves(columns: list) -> list:
-    """Exact integers from the sums of their high and low 32 bits."""
-    return [None if h is None else (h << 32) + low for h, low in zip(*columns)]
-
-
-def _max_floats(columns: list) -> list:
-    # NaN travels apart (Flink's MAX skips it): it is above every number
-    return [math.nan if nans else v for v, nans in zip(*columns)]
-
-
-def _min_floats(columns: list) -> list:
-    return [math.nan if v is None and nans else v for v, nans in zip(*columns)]
-
-
-def _sets(columns: list) -> list:
-    return [sorted(v or (), key=tiles.order_key) for v in columns[0]]
-
-
-def _pairs(parse: Callable[[str], object]) -> Callable[[list], list]:
-    """(ts, value) pairs from flink_states.pair_sql's text: 19 digits of
-    ts + 2**62, then the value's order text."""
-    def decode(columns: list) -> list:
-        return [None if t is None else [int(t[:19]) - _OFFSET_62, parse(t[19:])]
-                for t in columns[0]]
-    return decode
-
-
-def _float_after_order(text: str) -> float:
-    return float(text[text.index("|") + 1:])  # Java's digits of the value: exact
-
-
-def _spelling(column: StateColumn) -> str:
-    """What a decoded state column holds, for layout.encode_tiles."""
-    if column.decoder in ("int", "halves") or (column.decoder == "value"
-                                               and column.fields[0].kind == "int"):
-        return "int"
-    if column.decoder in ("max_float", "min_float") or (column.decoder == "value"
-                                                        and column.fields[0].kind == "float"):
-        return "float"
-    return "any"
-
-
-# decoder -> how the values of one state column are made from its fields' values
-DECODERS: dict[str, Callable[[list], list]] = {
-    "value": lambda columns: columns[0], "int": _exact_ints, "halves": _halves,
-    "max_float": _max_floats, "min_float": _min_floats, "set": _sets,
-    "pair_int": _pairs(lambda t: int(t) - _OFFSET_63), "pair_float": _pairs(_float_after_order),
-    "pair_bool": _pairs(lambda t: t == "1"), "pair_string": _pairs(lambda t: t),
-}
-
-
-def decode_latest(text: str, kinds: Sequence[str]) -> tuple[int, list]:
-    """The event time and row-feature values of flink_states.latest_text_sql's
-    text: ts, then per feature a null mark and its order text, then the signs
-    of float zeros, then '|' and Java's digits of each float feature."""
-    return latest_decoder(tuple(kinds))(text)
-
-
-def latest_decoder(kinds: tuple[str, ...]) -> Callable[[str], tuple[int, list]]:
-    """`decode_latest` for one view's kinds, with what does not depend on
-    the text worked out once (the writers decode every latest row)."""
-    floats = [i for i, kind in enumerate(kinds) if kind == "float"]
-
-    def decode(text: str) -> tuple[int, list]:
-        ts, at = int(text[:19]) - _OFFSET_62, 19
-        values: list = []
-        for kind in kinds:
-            if text[at] != "1":
-                values.append(None)
-                at += 1
-            elif kind == "string":
-                end = text.index("\0", at + 1)
-                if text[end + 1] == "\0":   # no NUL inside: the common case
-                    values.append(text[at + 1:end])
-                    at = end + 2
-                else:
-                    value, at = _unescape(text, at + 1)
-                    values.append(value)
-            elif kind == "int":
-                values.append(int(text[at + 1:at + 21]) - _OFFSET_63)
-                at += 21
-            elif kind == "bool":
-                values.append(text[at + 1] == "1")
-                at += 2
-            else:  # finite non-zero: class, exponent, significand; the digits follow
-                at += 22 if text[at + 1] in "13" else 2
-                values.append(math.nan)
-        if floats:
-            digits = text[at + len(floats):].split("|")[1:]
-            for i, digit in zip(floats, digits):
-                if values[i] is not None:
-                    values[i] = float(digit)
-        return ts, values
-    return decode
-
-
-def _unescape(text: str, at: int) -> tuple[str, int]:
-    """A string written as its characters with NUL as NUL SOH, ended by NUL NUL."""
-    out = []
-    while True:
-        end = text.index("\0", at)
-        out.append(text[at:end])
-        if text[end + 1] == "\0":
-            return "".join(out), end + 2
-        out.append("\0")
-        at = end + 2
-
-
 # ------------------------------------------------------------ the writer
 def _pick(columns: Sequence[list], rows: list[int]) -> list[list]:
     """The given rows of every column."""
@@ -282,7 +146,8 @@ class RedisSink:
         # each of its fields among the state fields) and what it holds; per
         # aggregation, None for a bare state or its number of columns
         at = {f.name: i for i, f in enumerate(state_fields(view))}
-        self._state_columns = [((c.decoder, *(at[f.name] for f in c.fields)), _spelling(c))
+        self._state_columns = [((c.decoder, *(at[f.name] for f in c.fields)),
+                                decoded_kind(c.decoder, c.fields))
                                for s in view.states for c in s.columns]
         self._shapes = [None if tiles.aggregation(s.function, s.input_type).bare
                         else len(s.columns) for s in view.states]
@@ -352,7 +217,7 @@ class RedisSink:
         out, i = [], 0
         for f in (f for f in self.fields if not f.name.endswith("__null")):
             flags = columns[i + 1] if f.flagged else None
-            out.append(_values(columns[i], flags))
+            out.append(unflag(columns[i], flags))
             i += 2 if f.flagged else 1
         return out
 

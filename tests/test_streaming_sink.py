@@ -14,8 +14,9 @@ import redis
 
 from dsl.plan import Aggregation, Column, RowFeature, View
 from featurestore import layout, tiles, windows
-from streaming import flink_sql, sink
-from streaming.flink_states import OFFSET_62, OFFSET_63
+from streaming import flink_sql, sink, wire
+from streaming.wire import INT_OFFSET as OFFSET_63
+from streaming.wire import TS_OFFSET as OFFSET_62
 
 US, MIN, HOUR, DAY = 1_000_000, 60_000_000, 3_600_000_000, 86_400_000_000
 TILE = 5 * MIN
@@ -166,7 +167,7 @@ def test_rollups_that_start_out_of_reach_are_not_written(redis_url):
 
 
 def _latest_text(ts: int, values: list, kinds: tuple = ("float", "string", "int")) -> str:
-    """flink_states.latest_text_sql's text, spelled in Python."""
+    """wire.row_text_sql's text, spelled in Python."""
     text = f"{ts + OFFSET_62:019d}"
     for v in values:
         if v is None:
@@ -207,7 +208,7 @@ def test_latest_rows_of_several_floats_and_bools_read_back_exactly(values):
 
 
 def _assert_read_back(values: list, kinds: tuple) -> None:
-    ts, got = sink.decode_latest(_latest_text(NOW, values, kinds), kinds)
+    ts, got = wire.decode_latest(_latest_text(NOW, values, kinds), kinds)
     assert ts == NOW
     assert len(got) == len(kinds) and all(
         (a is None and b is None) or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
