@@ -11,6 +11,7 @@ import pytest
 import dsl
 from featurestore import compile as artifacts_mod
 from featurestore import config
+from featurestore.backends import duckdb_sql
 from featurestore.cli import main as cli
 
 HERE = Path(__file__).parent
@@ -67,7 +68,7 @@ def test_feast_artifacts_use_names_not_numbers():
 def test_layout_sql_changes_only_whitespace():
     sql = ("SELECT a, 'x FROM y' AS s FROM (SELECT * FROM t WHERE b) "
            "QUALIFY row_number() OVER (PARTITION BY a ORDER BY c) = 1 ORDER BY a")
-    laid = artifacts_mod.layout_sql(sql)
+    laid = duckdb_sql.layout_sql(sql)
     assert " ".join(laid.split()) == sql
     assert laid.splitlines() == [
         "SELECT a, 'x FROM y' AS s",
@@ -91,13 +92,22 @@ def test_cli_compile_writes_the_artifacts(tmp_path, capsys):
     assert cli(["compile", "--repo", str(repo)]) == 0   # its own folder is rewritten
 
 
-def test_flink_artifacts_come_from_the_streaming_engine():
-    files = _artifacts(REPOS["streaming"])
-    flink = {k for k in files if k.startswith("flink/")}
-    try:
-        from streaming import flink_sql
-    except ImportError:
-        assert not flink
-        return
-    if hasattr(flink_sql, artifacts_mod.FLINK_HOOK):
-        assert flink
+def test_compile_is_each_backends_artifacts():
+    """compile.py knows no backend's internals: its files are the plan's and
+    those of each backend's `artifacts(plan, project)`, none claimed twice."""
+    result = dsl.compile_repo(REPOS["streaming"])
+    project = config.load(REPOS["streaming"]).project
+    files = artifacts_mod.artifacts(result.plan, project)
+    by_backend = [backend(result.plan, project) for backend in artifacts_mod.BACKENDS]
+    assert sum(len(b) for b in by_backend) + 1 == len(files)
+    assert {"plan.txt": result.plan.render()} | {k: v for b in by_backend for k, v in b.items()} \
+        == files
+    from streaming import flink_sql
+    assert flink_sql.artifacts in artifacts_mod.BACKENDS
+    assert list(flink_sql.artifacts(result.plan, project)) == ["flink/job.sql"]
+
+
+def test_write_takes_text_and_bytes(tmp_path):
+    artifacts_mod.write({"a/b.txt": "é\n", "c.bin": b"\x00\xff"}, tmp_path / "out")
+    assert (tmp_path / "out" / "a" / "b.txt").read_text(encoding="utf-8") == "é\n"
+    assert (tmp_path / "out" / "c.bin").read_bytes() == b"\x00\xff"

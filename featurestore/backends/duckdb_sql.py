@@ -425,3 +425,60 @@ def latest_rows_sql(view: View, source: Source, root: Path, end_us: int | str,
             f"UNION ALL SELECT {keys}, __w.ts AS __ts, {', '.join(latest_values_sql(view, '__w'))} "
             f"FROM (SELECT {keys}, {latest_struct_sql(view, True)} AS __w FROM __rows "
             f"SEMI JOIN ({tied}) USING ({keys}) GROUP BY {keys})")
+
+
+# ================================================================ artifacts
+import re  # noqa: E402  (to join the imports at the top)
+
+from dsl.plan import Plan  # noqa: E402
+
+
+def artifacts(plan: Plan, project: str) -> dict[str, str]:
+    """duckdb/<view>.sql: the queries `featurestore materialize` runs for
+    each view, with $start_us and $end_us as parameters (epoch µs) and
+    source paths relative to the repo."""
+    return {f"duckdb/{view.name}.sql": view_script(plan, view) for view in plan.views}
+
+
+def view_script(plan: Plan, view: View) -> str:
+    """The queries that materialize a view, each introduced by a comment."""
+    source, root = plan.source(view.source), Path("")
+    parts = [f"-- view {view.name}: the queries `featurestore materialize` runs\n"
+             "-- parameters: $start_us, $end_us (epoch microseconds, UTC)\n"]
+    try:
+        attach = attach_sql(source, root)
+        if attach:
+            parts.append(f"-- first, the source's database\n{attach};\n")
+        if view.aggregations:
+            sql = tiles_sql(view, source, root, "$end_us", "$start_us")
+            parts.append(f"-- tiles: one row per entity and tile, one state per aggregation\n"
+                         f"{layout_sql(sql)};\n")
+        if view.row_features:
+            sql = latest_rows_sql(view, source, root, "$end_us", None)
+            parts.append(f"-- latest row of each entity\n{layout_sql(sql)};\n")
+    except Unsupported as e:
+        parts.append(f"-- not computed by DuckDB: {e}\n")
+    return "\n".join(parts)
+
+
+# Quoted text, a parenthesis, or a clause keyword.
+_SQL_TOKEN = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\(|\)"
+                        r"| (FROM|WHERE|GROUP BY|ORDER BY|QUALIFY) ")
+
+
+def layout_sql(sql: str) -> str:
+    """One clause per line, indented by nesting of subqueries; only whitespace
+    outside string literals changes, so the query stays the same query.
+    Clauses inside other parentheses (OVER, FILTER, function calls) stay put."""
+    out, last = [], 0
+    parens: list[bool] = []  # per open '(': is it a subquery, whose clauses break?
+    for m in _SQL_TOKEN.finditer(sql):
+        token = m.group(0)
+        if token.endswith("("):
+            parens.append(sql.startswith("SELECT ", m.end()))
+        elif token == ")" and parens:
+            parens.pop()
+        elif m.group(1) and all(parens):
+            out.append(sql[last:m.start()] + "\n" + "  " * len(parens) + m.group(1) + " ")
+            last = m.end()
+    return "".join(out) + sql[last:]

@@ -371,3 +371,49 @@ def apply(plan: Plan, cfg: RepoConfig, store=None) -> Changes:
              if k not in objs or type(o) is not type(objs[k])]
     store.apply(list(objs.values()), objects_to_delete=stale, partial=False)
     return changes
+
+
+# ---------------------------------------------------------------- artifacts
+_PLURAL = {"entity": "entities", "source": "sources", "view": "views", "service": "services"}
+
+
+def artifacts(plan: Plan, project: str) -> dict[str, str]:
+    """feast/<kind>.yaml: the Feast objects `apply` registers, as their
+    protos say them (Feast's field and enum names), minus the registry's
+    timestamps; paths of file sources relative to the repo."""
+    import yaml
+    from google.protobuf import json_format
+
+    docs: dict[str, list] = {kind: [] for kind in KINDS}
+    views = {v.name: v for v in plan.views}
+    for (kind, name), obj in sorted(feast_objects(plan, Path("")).items()):
+        proto = obj.to_proto()
+        message = proto.spec if hasattr(proto, "spec") else proto
+        doc = _without_meta(json_format.MessageToDict(message, preserving_proto_field_name=True))
+        if kind == "view":
+            _in_plan_order(doc, views[name])
+        docs[kind].append({"type": type(obj).__name__, **doc})
+    # libyaml's emitter writes the same text as PyYAML's, ten times faster.
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return {f"feast/{_PLURAL[kind]}.yaml":
+            yaml.dump(items, Dumper=dumper, sort_keys=False, allow_unicode=True, width=100)
+            for kind, items in docs.items()}
+
+
+def _in_plan_order(doc: dict, view: View) -> None:
+    """Columns in the view's order: Feast keeps a stream view's in a set."""
+    order = {n: i for i, n in enumerate((*(k for k, _ in view.keys), *view.feature_names))}
+    for key in ("features", "entity_columns"):
+        if key in doc:
+            doc[key].sort(key=lambda f: order.get(f["name"], len(order)))
+
+
+def _without_meta(doc):
+    """The document without `meta` (creation times), maps (tags) sorted by
+    key: the same plan compiles to the same bytes."""
+    if isinstance(doc, dict):
+        return {k: (dict(sorted(v.items())) if k == "tags" else _without_meta(v))
+                for k, v in doc.items() if k != "meta"}
+    if isinstance(doc, list):
+        return [_without_meta(v) for v in doc]
+    return doc
