@@ -333,6 +333,8 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
                  max_pending_rows: int = ServerOptions.max_pending_rows):
         self.versions = manifest if isinstance(manifest, Versions) else Versions(manifest)
         self.corrupt = None   # a Prometheus counter of undecodable values, by view
+        self.written = None   # a Prometheus gauge: 1 when Redis holds the view's version
+        self.health = None    # health servicer: `view:<name>` follows `written`
         self._store = store
         self._clock = clock
         self._max_entities = max_entities
@@ -397,10 +399,28 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
             await self.refresh_versions()
 
     async def refresh_versions(self) -> None:
+        before = self.versions.unwritten
         try:
             await self.versions.refresh(self._store.exists)
         except (RedisError, OSError, asyncio.TimeoutError) as e:
             log.debug("could not check which view versions Redis holds: %s", e)
+            return
+        after = self.versions.unwritten
+        if after == before:
+            return
+        for name in sorted(after - (before or set())):
+            log.warning("view %r: Redis at %s holds no materialization of the version served "
+                        "(an empty Redis, or not the one materialized?): its lookups are "
+                        "NOT_FOUND until `featurestore materialize` (or the stream) writes it",
+                        name, self._store.location)
+        for name in sorted((before or set()) - after):
+            log.info("view %r: Redis holds its materialization", name)
+        for name in self.versions.manifest.views:
+            if self.health is not None:
+                await self.health.set(f"view:{name}", health_pb2.HealthCheckResponse.NOT_SERVING
+                                      if name in after else health_pb2.HealthCheckResponse.SERVING)
+            if self.written is not None:
+                self.written.labels(name).set(0 if name in after else 1)
 
     async def _read(self, prepared: lookup.Prepared, time_left: float | None):
         try:
@@ -464,13 +484,17 @@ class _Metrics:
     parent exports every worker's metrics)."""
 
     def __init__(self, host: str, port: int | None):
-        from prometheus_client import CollectorRegistry, Counter, start_http_server
+        from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
         self.registry = CollectorRegistry()
         self.interceptor = interceptors.MetricsInterceptor(self.registry)
         self.corrupt = Counter("featurestore_corrupt_values",
                                "lookups failed INTERNAL: a value in Redis the server cannot "
                                "decode", ["view"], registry=self.registry)
+        self.written = Gauge("featurestore_view_written",
+                             "1 when Redis holds a materialization of the view version served, "
+                             "0 when it holds none (an empty or another Redis)", ["view"],
+                             registry=self.registry, multiprocess_mode="max")
         self._http = None
         if port is not None:
             self._http, _ = start_http_server(port, addr=host, registry=self.registry)
@@ -533,6 +557,8 @@ async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.
     servicer = FeatureServicer(Versions(manifest, manifest_path), store, clock or wall_clock_us,
                                options.max_entities, options.max_pending_rows)
     servicer.corrupt = metrics.corrupt if metrics else None
+    servicer.written = metrics.written if metrics else None
+    servicer.health = health
     try:
         ring = auth.KeyRing(options.api_keys, options.api_keys_file)
     except auth.KeysFileError as e:

@@ -18,7 +18,9 @@ holds it, between two requests:
 
 The server re-reads the manifest file when it changes (`serving.reload_interval`,
 default 2 s), so `apply` needs no restart, and checks Redis for the versions
-it waits on at the same pace.
+at the same pace. A view whose read version Redis does not hold at all (an
+empty Redis, or another one than materialized) is `unwritten`: the server
+says so in its log, health (`view:<name>` NOT_SERVING) and metrics.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ class Versions:
         self.path = Path(path) if path else None
         self._stamp = self._stat()
         self._written: set[tuple[str, str]] = set()   # (view, fingerprint) Redis holds
+        self.unwritten: set[str] | None = None        # views whose read version it does not
         self._use(manifest, {})
 
     def _use(self, manifest: Manifest, served: dict[str, ViewSpec]) -> None:
@@ -94,15 +97,15 @@ class Versions:
         what requests read changed. `exists` tells which keys Redis holds
         (raising when Redis does not answer: nothing changes then)."""
         manifest = self._reload() or self.manifest
-        waiting = [(name, v) for name in manifest.views if manifest.previous.get(name)
-                   for v in manifest.versions(name)
-                   if (name, v.fingerprint) not in self._written]
-        if waiting:
-            keys = [k for _, v in waiting for k in written_keys(manifest.project, v)]
-            held = await exists(keys)
-            for i, (name, v) in enumerate(waiting):
-                if held[2 * i] or held[2 * i + 1]:
-                    self._written.add((name, v.fingerprint))
+        # every version a view might be read from, checked afresh each time:
+        # Redis may have been emptied or replaced since
+        asked = [(name, v) for name in manifest.views
+                 for v in (manifest.versions(name) if manifest.previous.get(name)
+                           else (manifest.views[name],))]
+        keys = [k for _, v in asked for k in written_keys(manifest.project, v)]
+        held = await exists(keys) if keys else []
+        self._written = {(name, v.fingerprint) for i, (name, v) in enumerate(asked)
+                         if held[2 * i] or held[2 * i + 1]}
         served = {}
         for name in manifest.views:
             versions = manifest.versions(name)
@@ -110,6 +113,9 @@ class Versions:
                           versions[0])
             if chosen is not versions[0]:
                 served[name] = chosen
+        self.unwritten = {name for name in manifest.views
+                          if (name, served.get(name, manifest.views[name]).fingerprint)
+                          not in self._written}
         if manifest is self.manifest and _same(served, self.served):
             return False
         for name in manifest.views:

@@ -130,3 +130,34 @@ def test_an_undecodable_value_is_internal_naming_view_and_entity_and_counted(loo
         text = scrape_until(server.metrics_port,
                             'featurestore_corrupt_values_total{view="user_profile"} 1.0')
     assert 'featurestore_corrupt_values_total{view="user_profile"} 1.0' in text
+
+
+def test_a_view_redis_holds_nothing_of_is_reported(loop, redis_url):
+    """An empty Redis (or another one than materialized): health `view:<name>`
+    NOT_SERVING and featurestore_view_written 0, until the view is written."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from featurestore import layout
+
+    def view_health(server, name):
+        with grpc.insecure_channel(f"localhost:{server.port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=f"view:{name}"), timeout=5)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    with running(loop, redis_url, metrics_port=0, reload_interval=0.05) as server:
+        assert view_health(server, "user_profile") == "NOT_SERVING"
+        with FeatureClient(f"localhost:{server.port}") as client:
+            assert client.health() == "SERVING"        # Redis answers: the server serves
+        scrape_until(server.metrics_port, 'featurestore_view_written{view="user_profile"} 0.0')
+        with contextlib.closing(redis.Redis.from_url(redis_url)) as r:
+            r.set(layout.watermark_key(PROJECT, "user_profile", USER_PROFILE.fingerprint),
+                  layout.encode_watermark(NOW))
+        deadline = time.monotonic() + 10
+        while view_health(server, "user_profile") != "SERVING":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        text = scrape_until(server.metrics_port,
+                            'featurestore_view_written{view="user_profile"} 1.0')
+        assert 'featurestore_view_written{view="user_profile"} 1.0' in text
+        assert 'featurestore_view_written{view="user_spend"} 0.0' in text
