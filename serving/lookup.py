@@ -225,6 +225,41 @@ def prepare(manifest: Manifest | Resolver, request: pb.GetOnlineFeaturesRequest,
                     rows, now_us, as_of)
 
 
+def commands(project: str, prepared: Prepared):
+    """The Redis commands of a lookup, in the order `split_replies` reads
+    their replies: per view, each entity's row GET (EXISTS of its tiles for a
+    view without row features), then each entity's tiles (HMGET of the
+    fields read, HGETALL for a window over all history)."""
+    for v in prepared.views:
+        name, fingerprint = v.view.name, v.view.fingerprint
+        for key in v.entity_keys:
+            if v.view.row_features:
+                yield (b"GET", layout.row_key(project, name, fingerprint, key))
+            else:
+                yield (b"EXISTS", layout.tiles_key(project, name, fingerprint, key))
+        if v.needs_tiles:
+            fields = v.tiles.fields
+            for key in v.entity_keys:
+                tiles_key = layout.tiles_key(project, name, fingerprint, key)
+                yield (b"HGETALL", tiles_key) if fields is None else (b"HMGET", tiles_key, *fields)
+
+
+def split_replies(prepared: Prepared, replies: list) -> list[tuple[list, list | None]]:
+    """The flat replies to `commands`, per view: (rows, tiles or None), as
+    `respond` takes them."""
+    per_view, at = [], 0
+    for v in prepared.views:
+        n = len(v.entity_keys)
+        rows, at = replies[at:at + n], at + n
+        hashes = None
+        if v.needs_tiles:
+            hashes, at = replies[at:at + n], at + n
+            if v.tiles.fields is None:  # HGETALL replies field, value, field, value, ...
+                hashes = [dict(zip(h[::2], h[1::2])) for h in hashes]
+        per_view.append((rows, hashes))
+    return per_view
+
+
 def _as_of_instant(as_of: int, now_us: int, views) -> int:
     """The instant an as_of request is answered at (see the proto): the
     latest at or before as_of that ends a tile of every view with requested

@@ -191,7 +191,7 @@ class OnlineStore:
                 read.cancel()
         if self._up is not True:
             await self.report(None)
-        return _per_view(prepared, replies)
+        return lookup.split_replies(prepared, replies)
 
     async def exists(self, keys) -> list[bool]:
         """Which of `keys` Redis holds (raises when it does not answer)."""
@@ -223,7 +223,7 @@ class OnlineStore:
         """Every command of the lookup in one round trip. The commands are
         packed by hiredis, in C: redis-py's own pipeline packs in Python,
         which cost more than Redis itself for a thousand HMGETs."""
-        commands = list(self._commands(prepared))
+        commands = list(lookup.commands(self._project, prepared))
         packed = b"".join(map(hiredis.pack_command, commands))
         for attempt in (1, 2):  # a connection that died while idle gets one retry
             pool = self._redis.connection_pool
@@ -241,20 +241,6 @@ class OnlineStore:
             finally:
                 await pool.release(conn)
         raise AssertionError("unreachable")
-
-    def _commands(self, prepared: lookup.Prepared):
-        for v in prepared.views:
-            name, fingerprint = v.view.name, v.view.fingerprint
-            for key in v.entity_keys:
-                if v.view.row_features:
-                    yield (b"GET", layout.row_key(self._project, name, fingerprint, key))
-                else:
-                    yield (b"EXISTS", layout.tiles_key(self._project, name, fingerprint, key))
-            if v.needs_tiles:
-                fields = v.tiles.fields
-                for key in v.entity_keys:
-                    tiles_key = layout.tiles_key(self._project, name, fingerprint, key)
-                    yield (b"HGETALL", tiles_key) if fields is None else (b"HMGET", tiles_key, *fields)
 
     async def answers(self) -> bool:
         """Whether Redis answers a PING within PING_TIMEOUT_S, timed by the
@@ -306,21 +292,6 @@ async def _within(semaphore: asyncio.Semaphore, time_left: float | None):
         yield
     finally:
         semaphore.release()
-
-
-def _per_view(prepared: lookup.Prepared, replies: list) -> list[tuple[list, list | None]]:
-    """Split the pipeline's flat replies as `_pipeline` queued them."""
-    per_view, at = [], 0
-    for v in prepared.views:
-        n = len(v.entity_keys)
-        rows, at = replies[at:at + n], at + n
-        hashes = None
-        if v.needs_tiles:
-            hashes, at = replies[at:at + n], at + n
-            if v.tiles.fields is None:  # HGETALL replies field, value, field, value, ...
-                hashes = [dict(zip(h[::2], h[1::2])) for h in hashes]
-        per_view.append((rows, hashes))
-    return per_view
 
 
 class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):

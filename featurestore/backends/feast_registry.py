@@ -230,17 +230,27 @@ def feast_objects(plan: Plan, root: Path) -> dict[tuple[str, str], object]:
 
 # ---------------------------------------------------------------- the registry
 def write_feast_config(cfg: RepoConfig) -> Path:
-    """A feature_store.yaml for Feast's own tools, pointing at our registry."""
+    """A feature_store.yaml for Feast's own tools and SDK: our registry (a path
+    relative to it, so the repo can move), and our store classes
+    (`featurestore.feast_online_store`) over the repo's Redis, so that
+    `FeatureStore(...).get_online_features` returns what the server serves."""
+    import os
+
+    from featurestore import feast_online_store
+
     cfg.feast_dir.mkdir(parents=True, exist_ok=True)
-    url = cfg.redis_url or "redis://localhost:6379/0"
-    host_port = url.split("://", 1)[-1].split("/", 1)[0]
+    registry = os.path.relpath(cfg.registry.resolve(), cfg.feast_dir.resolve())
+    repo = os.path.relpath(cfg.root.resolve(), cfg.feast_dir.resolve())
     (cfg.feast_dir / "feature_store.yaml").write_text(
+        "# written by `featurestore apply`: Feast's tools and SDK over this repo\n"
         f"project: {cfg.project}\n"
-        f"registry: {cfg.registry.resolve()}\n"
+        f"registry: {registry}\n"
         "provider: local\n"
-        "online_store:\n  type: redis\n"
-        f"  connection_string: \"{host_port}\"\n"
-        "offline_store:\n  type: file\n"
+        "online_store:\n"
+        f"  type: {feast_online_store.CLASS}\n"
+        f"  repo: {repo}   # its Redis: online_store.url, FEATURESTORE_REDIS_URL or the private one\n"
+        "offline_store:\n"
+        f"  type: {feast_online_store.OFFLINE_CLASS}   # training sets: featurestore export\n"
         "entity_key_serialization_version: 3\n")
     return cfg.feast_dir
 
