@@ -28,7 +28,8 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
-from dsl.plan import Entity, Plan, Service, Source, View, format_duration, render_plan
+from dsl.plan import (Entity, Plan, Service, Source, View, format_duration, render_expr,
+                      render_plan)
 from featurestore.config import RepoConfig
 
 FINGERPRINT_TAG = "featurestore.fingerprint"
@@ -179,7 +180,10 @@ def _view(v: View, entities: list, source, stream: bool, fp: str):
     schema += [Field(name=n, dtype=feast_type(v.feature_type(n)), tags=_feature_tags(v, n))
                for n in v.feature_names]
     ttl = timedelta(microseconds=v.ttl_us) if v.ttl_us else timedelta(0)
-    tags = _tags(v, "view", fp, **{"featurestore.tile": format_duration(v.tile_us)})
+    meaning = {"featurestore.tile": format_duration(v.tile_us)}
+    if v.filter is not None:   # the rows the view reads: `from purchases where amount > 0`
+        meaning["featurestore.filter"] = render_expr(v.filter)
+    tags = _tags(v, "view", fp, **meaning)
     common = dict(name=v.name, entities=entities, ttl=ttl, schema=schema, source=source,
                   online=True, description=v.description, owner=v.owner, tags=tags)
     if not stream:
