@@ -345,6 +345,12 @@ def cmd_quickstart(args) -> None:
     run(Path(args.dir), events=args.events, say=say)
 
 
+def cmd_import_feast(args) -> None:
+    from featurestore.import_feast import import_feast
+
+    say(import_feast(Path(args.feast_repo), Path(args.out) if args.out else None).render())
+
+
 def cmd_gc(args) -> None:
     from featurestore import repo
 
@@ -455,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb("quickstart", cmd_quickstart, "run the whole pipeline on generated data", repo=False)
     s.add_argument("dir", nargs="?", default="quickstart", help="folder for the example repo")
     s.add_argument("--events", type=int, default=1_000_000)
+    s = verb("import-feast", cmd_import_feast, "write a feature repo from a Feast repo's "
+                                               "registry (after `feast apply`)", repo=False)
+    s.add_argument("feast_repo", help="the Feast repo (the folder of its feature_store.yaml)")
+    s.add_argument("--out", help="folder for the new repo (default: FEAST_REPO_featurestore "
+                                 "beside it)")
     s = verb("gc", cmd_gc, "remove keys of retired view versions, removed views and older "
                            "layouts from Redis")
     s.add_argument("--dry-run", action="store_true", help="count them, remove nothing")
