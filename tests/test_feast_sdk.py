@@ -98,3 +98,41 @@ def test_the_feast_config_moves_with_the_repo(shop, tmp_path):
     shutil.move(str(shop), moved)
     _, feast = _feast(moved, ["user_000001"])
     assert feast.to_dict()["purchases_1d"][0] is not None
+
+
+async def test_feasts_remote_online_store_reads_our_http_api(shop, redis_url, tmp_path):
+    """Feast's own HTTP client (`online_store: type: remote`) against
+    `featurestore serve`'s Feast HTTP API."""
+    from serving.server import ServerOptions
+
+    users = ["user_000000", "user_000001", "user_000042", "nobody"]
+    cfg = config.load(shop)
+    server = await start_server(Manifest.load(cfg.manifest_path), redis_url, port=0,
+                                options=ServerOptions(http_port=0))
+    client_repo = tmp_path / "feast_client"
+    client_repo.mkdir()
+    (client_repo / "feature_store.yaml").write_text(
+        f"project: {cfg.project}\nregistry: {cfg.registry}\nprovider: local\n"
+        f"online_store:\n  type: remote\n  path: http://127.0.0.1:{server.http_port}\n"
+        "entity_key_serialization_version: 3\n")
+    loop = asyncio.get_running_loop()
+
+    def remote():
+        from feast import FeatureStore
+
+        return FeatureStore(repo_path=str(client_repo)).get_online_features(
+            features=FEATURES, entity_rows=[{"user_id": u} for u in users]).to_dict()
+
+    def ours():
+        with FeatureClient(server.address) as client:
+            return client.get_online_features(FEATURES, entities={"user_id": users}).to_dict()
+    try:
+        got = await loop.run_in_executor(None, remote)
+        want = await loop.run_in_executor(None, ours)
+    finally:
+        await server.stop(0)
+    for ref in FEATURES:
+        name = ref.split(":")[1]
+        assert all(_same(a, b) for a, b in zip(got[name], want[name])), (name, got[name],
+                                                                          want[name])
+    assert want["purchases_1d"][0] > 0
