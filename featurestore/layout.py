@@ -13,6 +13,7 @@ Keys (UTF-8):
     fs3:<project>:<view>:<fingerprint>:materialized       the batch watermark (JSON)
     fs3:<project>:<view>:<fingerprint>:dropped            events the stream dropped (a hash)
     fs3:<project>:<view>:<fingerprint>:live               the stream job writes this version (JSON)
+    fs3:<project>:<view>:<fingerprint>:deferred           stream updates held until their time (a hash)
 
 * `<fingerprint>` hashes the view's definition, so a changed view never reads
   state written under an older one.
@@ -37,6 +38,10 @@ Values:
   it; both engines write them, whole, as they write tiles.
 * watermark `{"end_us": E}`: batch materialization has written every event
   with ts <= E (`featurestore materialize --incremental` continues after E).
+* deferred: updates of the stream that hold an event later than the job's
+  clock, written only once the clock reaches it (`streaming.sink`): field
+  `<key>` NUL `<tiles hash field>` (empty for a row), value `<release µs>
+  <expiry ms> <the value to write>`.
 * live `{"since_us": T}`: the stream job has written this version of the view
   since T (wall clock). The watermark or the live key is what tells a server
   that Redis holds a version of a view (`serving.versions`).
@@ -90,6 +95,23 @@ def tiles_key(project: str, view: str, fingerprint: str, entity_key: str) -> byt
 
 def watermark_key(project: str, view: str, fingerprint: str) -> bytes:
     return f"{PREFIX}:{project}:{view}:{fingerprint}:materialized".encode()
+
+
+def deferred_key(project: str, view: str, fingerprint: str) -> bytes:
+    return f"{PREFIX}:{project}:{view}:{fingerprint}:deferred".encode()
+
+
+def deferred_entry(key: bytes, field: bytes = b"") -> bytes:
+    return key + b"\x00" + field
+
+
+def encode_deferred(release_us: int, expire_ms: int | None, value: bytes) -> bytes:
+    return b"%d %d " % (release_us, expire_ms or 0) + value
+
+
+def decode_deferred(raw: bytes) -> tuple[int, int | None, bytes]:
+    release, expire, value = raw.split(b" ", 2)
+    return int(release), int(expire) or None, value
 
 
 def live_key(project: str, view: str, fingerprint: str) -> bytes:

@@ -271,7 +271,7 @@ def _arguments(view: View, out: sink.ViewOutput, part: str) -> list[tuple[str, s
     order, as streaming.wire carries each field."""
     if part == sink.TILES:
         size = ["`__size`"] if out.rollups else []
-        sources = [*(ident(k) for k, _ in view.keys), *size, "`__tile`",
+        sources = [*(ident(k) for k, _ in view.keys), *size, "`__tile`", "`__newest`",
                    *(ident(f.name) for f in flink_states.state_fields(view))]
     elif part == sink.LATEST:
         sources = [*(ident(k) for k, _ in view.keys), "`latest`"]

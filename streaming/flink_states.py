@@ -176,6 +176,9 @@ def tiles_sql(view: View, rows: str, cut: str) -> list[str]:
         if step:
             select = f"SELECT *, {', '.join(step)} FROM ({select})"
     head = f"CREATE TEMPORARY VIEW {ident(view.name + '__tiles')} AS\n"
+    # the newest event of each group: an update holding one after the job's
+    # clock is held until it is due (streaming.sink)
+    columns = ["MAX(`__ts`) AS `__newest`", *columns]
     if tile:
         return [f"{head}SELECT {keys}, `__tile`, {', '.join(columns)}\n"
                 f"FROM ({select})\n"

@@ -13,6 +13,16 @@ what Redis held, and an update replayed after a failure writes the same bytes
 again: delivery is at-least-once, the effect exactly-once. Keys and values
 are built by `featurestore.layout` only.
 
+Events ahead of the job's clock (producers' clocks disagree; the job accepts
+them up to `windows.MAX_FUTURE_US` ahead) are never served before their time:
+an update that holds one (a tile whose newest event, or a latest row, is
+later than the clock) is held in the view's `deferred` hash and written when
+the clock reaches that event, by the next write or a timer of the sink,
+unless a later update of the same tile or row replaced it first. Meanwhile
+the tile or row keeps the value it had: a request at t never counts an event
+after t, at the price of that one tile or row lagging until its newest event
+is due.
+
 `input_fields` is the contract with `streaming.flink_sql`: the columns each
 function receives, in order; how their values are spelled and read back is
 `streaming.wire`'s. This module imports neither pyflink nor pandas:
@@ -21,6 +31,7 @@ the Python workers import it, and tests drive it with plain lists.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 from operator import itemgetter
@@ -30,6 +41,27 @@ from featurestore import layout, tiles
 from streaming.wire import DECODERS, Field, decoded_kind, latest_decoder, unflag
 
 TILES, LATEST, DROPPED = "tiles", "latest", "dropped"
+RELEASE_INTERVAL_S = 0.25   # how often a sink looks for held updates that are due
+
+# Writes a held update (KEYS[1] the deferred hash, KEYS[2] its key; ARGV: the
+# entry, its stored value, the hash field or '' for a row, the value, the
+# expiry in ms or 0) only while the hash still holds that very value: a later
+# update of the same tile or row replaced or removed it otherwise.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local expire = tonumber(ARGV[5])
+if ARGV[3] == '' then
+  if expire > 0 then redis.call('SET', KEYS[2], ARGV[4], 'PXAT', expire)
+  else redis.call('SET', KEYS[2], ARGV[4]) end
+  return 1
+end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+if expire > 0 and redis.call('PEXPIRETIME', KEYS[2]) < expire then
+  redis.call('PEXPIREAT', KEYS[2], expire)
+end
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -78,10 +110,12 @@ class ViewOutput:
 def input_fields(view: ViewOutput, part: str) -> list[Field]:
     """The columns the function of `part` receives, in order, each flagged
     field followed by its null flag. Tiles: the entity's keys, the tile's
-    size (only where the view has rollups) and start, its state fields."""
+    size (only where the view has rollups) and start, the time of its newest
+    event, its state fields."""
     if part == TILES:
         size = [Field("size", "int", False)] if view.rollups else []
-        fields = [*view.keys, *size, Field("tile", "int", False), *state_fields(view)]
+        fields = [*view.keys, *size, Field("tile", "int", False), Field("newest", "int", False),
+                  *state_fields(view)]
     elif part == LATEST:
         fields = [*view.keys, Field("latest", "string", False)]
     else:
@@ -123,6 +157,8 @@ class WriteStats:
     written: int = 0
     expired: int = 0      # updates of keys that no request can reach any more: not written
     superseded: int = 0   # updates replaced by a later one of the same batch
+    deferred: int = 0     # updates held until the clock reaches their newest event
+    released: int = 0     # held updates written once due
 
 
 class RedisSink:
@@ -152,9 +188,91 @@ class RedisSink:
         self._shapes = [None if tiles.aggregation(s.function, s.input_type).bare
                         else len(s.columns) for s in view.states]
         self.stats = WriteStats()
+        # updates held until their newest event is due: entry -> (release µs, stored value)
+        self._deferred_key = layout.deferred_key(project, view.name, view.fingerprint)
+        self._pending: dict[bytes, tuple[int, bytes]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._timer = None
+        self._script = None
+        if part != DROPPED:
+            self._load_pending()
 
     def close(self) -> None:
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join(5)
         self._redis.close()
+
+    # ------------------------------------------------------- held updates
+    def _mine(self, entry: bytes) -> bool:
+        """Whether a deferred entry is this part's: tiles name a hash field."""
+        return (self.part == TILES) == (not entry.endswith(b"\x00"))
+
+    def _load_pending(self) -> None:
+        """Updates held before a restart: the sink writes them when due."""
+        held = self._redis.hgetall(self._deferred_key)
+        for entry, value in held.items():
+            if self._mine(entry):
+                self._pending[entry] = (layout.decode_deferred(value)[0], value)
+        if self._pending:
+            self._start_timer()
+
+    def _start_timer(self) -> None:
+        if self._timer is None:
+            self._timer = threading.Thread(target=self._release_loop, daemon=True,
+                                           name=f"featurestore-{self.view.name}-{self.part}-due")
+            self._timer.start()
+
+    def _release_loop(self) -> None:
+        while not self._stop.wait(RELEASE_INTERVAL_S):
+            try:
+                self.release_due()
+            except Exception:   # Redis away: the next round (or write) retries
+                pass
+
+    def release_due(self) -> int:
+        """Write the held updates whose newest event the clock has reached,
+        each only if no later update replaced it meanwhile. Returns how many."""
+        now = self._clock()
+        with self._lock:
+            due = [(entry, value) for entry, (release, value) in self._pending.items()
+                   if release <= now]
+        if not due:
+            return 0
+        if self._script is None:
+            self._script = self._redis.register_script(_RELEASE)
+        for entry, value in due:
+            key, _, field = entry.partition(b"\x00")
+            _, expire_ms, payload = layout.decode_deferred(value)
+            self._script(keys=[self._deferred_key, key],
+                   args=[entry, value, field, payload, expire_ms or 0])
+            with self._lock:
+                if self._pending.get(entry, (0, None))[1] == value:
+                    del self._pending[entry]
+        self.stats.released += len(due)
+        return len(due)
+
+    def _defer(self, commands: list, key: bytes, field: bytes, release_us: int,
+               expire_ms: int | None, value: bytes) -> None:
+        entry = layout.deferred_entry(key, field)
+        stored = layout.encode_deferred(release_us, expire_ms, value)
+        commands.append((b"HSET", self._deferred_key, entry, stored))
+        with self._lock:
+            self._pending[entry] = (release_us, stored)
+        self.stats.deferred += 1
+        self._start_timer()
+
+    def _replaces_held(self, commands: list, key: bytes, field: bytes = b"") -> None:
+        """A current update of what a held one would have written: the held
+        one is dropped (it would write older state over it)."""
+        if not self._pending:
+            return
+        entry = layout.deferred_entry(key, field)
+        with self._lock:
+            held = self._pending.pop(entry, None)
+        if held is not None:
+            commands.append((b"HDEL", self._deferred_key, entry))
 
     def write(self, columns: Sequence[list]) -> int:
         """Write one batch, given as columns in `input_fields` order (flags
@@ -163,6 +281,8 @@ class RedisSink:
         if len(columns) != len(self.fields):
             raise ValueError(f"{self.part} of view {self.view.name!r} takes "
                              f"{len(self.fields)} columns, not {len(columns)}")
+        if self.part != DROPPED and self._pending:
+            self.release_due()
         if self.part != DROPPED:
             # a key (and tile) may come more than once: Flink's mini-batches
             # queue up when the writers fall behind
@@ -249,8 +369,9 @@ class RedisSink:
         PEXPIREAT of each key whose expiry changes (noted in `expiries`)."""
         view, n = self.view, len(self.view.keys)
         keys, starts = self._entity_keys(values, layout.tiles_key), values[n + view.rollups]
+        newest = values[n + 1 + view.rollups]
         fields = self._tile_fields(values[n] if view.rollups else None, starts)
-        states = self._encoded_states(values[n + 1 + view.rollups:])
+        states = self._encoded_states(values[n + 2 + view.rollups:])
         now, keep = self._clock(), view.tiles_keep_us
         # (a rollup starts before its tiles: once its start is out of reach,
         # no window reads it whole, so none reads it at all)
@@ -261,10 +382,16 @@ class RedisSink:
         floor = now - now % view.tile_us + view.future_us
         hsets: dict[bytes, list] = {}    # key -> HSET key field state field state ...
         ahead: dict[bytes, int] = {}     # key -> its newest start after floor (rare)
-        for key, start, field, state in zip(keys, starts, fields, states):
+        held: list[tuple] = []           # HSETs of the deferred hash
+        for key, start, field, state, last in zip(keys, starts, fields, states, newest):
             if start <= cut:
                 self.stats.expired += 1
                 continue
+            if last > now:   # holds an event after the clock: written when it is due
+                self._defer(held, key, field, last,
+                            None if keep is None else (max(start, floor) + keep) // 1000, state)
+                continue
+            self._replaces_held(held, key, field)
             hset = hsets.get(key)
             if hset is None:
                 hsets[key] = [b"HSET", key, field, state]
@@ -272,7 +399,7 @@ class RedisSink:
                 hset += (field, state)
             if start > floor:
                 ahead[key] = max(ahead.get(key, start), start)
-        commands = list(map(tuple, hsets.values()))
+        commands = list(map(tuple, hsets.values())) + held
         if keep is None:
             return commands
         for key in hsets:
@@ -311,11 +438,14 @@ class RedisSink:
         commands, decode = [], self._decode_latest
         for key, text in zip(keys, texts):
             ts, row = decode(text)
-            if keep is None:
-                commands.append((b"SET", key, layout.encode_row(ts, row)))
-            elif ts + keep <= now:
+            if keep is not None and ts + keep <= now:
                 self.stats.expired += 1
+            elif ts > now:   # a row from after the clock: written when it is due
+                self._defer(commands, key, b"", ts,
+                            None if keep is None else (ts + keep) // 1000,
+                            layout.encode_row(ts, row))
             else:
-                commands.append((b"SET", key, layout.encode_row(ts, row),
-                                 b"PXAT", (ts + keep) // 1000))
+                self._replaces_held(commands, key)
+                commands.append((b"SET", key, layout.encode_row(ts, row))
+                                + (() if keep is None else (b"PXAT", (ts + keep) // 1000)))
         return commands

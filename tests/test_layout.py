@@ -36,6 +36,10 @@ def _vectors() -> dict[str, str]:
         "watermark key": layout.watermark_key("shop", "user_spend", "0a1b2c3d").decode(),
         "watermark value": layout.encode_watermark(1767225600000000).decode(),
         "live key": layout.live_key("shop", "user_spend", "0a1b2c3d").decode(),
+        "deferred key": layout.deferred_key("shop", "user_spend", "0a1b2c3d").decode(),
+        "deferred entry": layout.deferred_entry(b"k", b"1767225600000000").decode(),
+        "deferred value": layout.encode_deferred(1767225600000001, 1767312000000,
+                                                 b"[1]").decode(),
         "live value": layout.encode_live(1767225600000000).decode(),
     }
 

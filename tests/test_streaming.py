@@ -43,22 +43,23 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def _shift() -> tuple[int, int]:
-    """(shift of every event time, served time t): t is mid-tile, 25 to 30
-    minutes ahead of now, and the shift keeps both views' tiles aligned."""
+    """(shift of every event time, served time t): t is mid-tile, 35 to 40
+    minutes before now (the job never serves an event before its time), and
+    the shift keeps both views' tiles aligned."""
     base = d.T0 + d.SPAN + 150 * d.US + 30
     now = time.time_ns() // 1000
-    k, rest = divmod(now + 25 * d.MIN - base, d.HOUR)
+    k, rest = divmod(now - 40 * d.MIN - base, d.HOUR)
     j = -(-rest // d.TILE)
     k, j = (k + 1, 0) if j == d.HOUR // d.TILE else (k, j)
     return k * d.HOUR, base + k * d.HOUR + j * d.TILE
 
 
 def _shifted(events: list[dict], shift: int) -> list[dict]:
-    # Events of the first hour would sit next to the rows' 2-day cut of the
-    # job's clock: left out, so that what the job drops is known exactly.
+    # Events of the first two hours would sit next to the rows' 2-day cut of
+    # the job's clock: left out, so that what the job drops is known exactly.
     return [dict(e, ts=e["ts"] + shift,
                  paid_at=None if e["paid_at"] is None else e["paid_at"] + shift)
-            for e in events if e["ts"] >= d.T0 + d.HOUR]
+            for e in events if e["ts"] >= d.T0 + 2 * d.HOUR]
 
 
 def _json_line(e: dict) -> str:
@@ -110,8 +111,9 @@ class Stream:
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory):
     """The job running on the differential events, shuffled over six files,
-    plus 25 events beyond every window of `buys`, 5 from the future, 2
-    without a time and 7 with a field of the wrong type."""
+    plus 25 events beyond every window of `buys`, 5 beyond the future it
+    accepts, 4 ahead of its clock within it, 2 without a time and 7 with a
+    field of the wrong type."""
     root = tmp_path_factory.mktemp("stream")
     server = redis_local.start(root / "redis")
     url = server.url.rsplit("/", 1)[0]
@@ -121,7 +123,12 @@ def stream(tmp_path_factory):
     now = time.time_ns() // 1000
     beyond = [dict(e, ts=t - 3 * d.DAY, paid_at=None) for e in rng.sample(events, 25)]
     future = [dict(e, ts=now + 3 * d.HOUR) for e in rng.sample(events, 5)]
-    lines = [_json_line(e) for e in events + beyond + future]
+    # ahead of the job's clock, within what it accepts: held until their
+    # time, so never served at t (before the fix the rows and current tiles
+    # of these entities held them)
+    ahead = [dict(e, user="ahead", shop=s, kind="buy", ts=now + 20 * d.MIN + i)
+             for i, (e, s) in enumerate(zip(rng.sample(events, 4), (1, 1, 2, 2)))]
+    lines = [_json_line(e) for e in events + beyond + future + ahead]
     lines += [json.dumps({"user": "u1", "shop": 1, "kind": "buy", "ts": None}),
               json.dumps({"user": "u2", "shop": 2, "kind": "buy", "ts": "yesterday"})]
     # Fields their declared type cannot hold, in events the views would
@@ -145,7 +152,7 @@ def stream(tmp_path_factory):
     job = Job(root, url + "/0")
     job.start()
     try:
-        yield Stream(root, url, job, t, shift, events + beyond, dropped)
+        yield Stream(root, url, job, t, shift, events + beyond + ahead, dropped)
     finally:
         job.kill()
         server.stop()

@@ -227,6 +227,76 @@ def test_latest_rows_are_written_with_their_expiry(redis_url):
     assert writer.write([["v"], [too_old]]) == 0 and writer.stats.expired == 1
 
 
+class Clock:
+    def __init__(self, now: int):
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def test_updates_holding_an_event_after_the_clock_wait_until_it_is_due(redis_url):
+    """A tile whose newest event, or a row, is later than the clock is not
+    written (a request now must not count it) until the clock reaches it;
+    a later update of the same tile replaces the held one."""
+    clock = Clock(NOW)
+    tiles_out = sink.RedisSink("t", OUT, sink.TILES, redis_url, clock=clock)
+    rows_out = sink.RedisSink("t", OUT, sink.LATEST, redis_url, clock=clock)
+    r = redis.Redis.from_url(redis_url)
+    key = layout.tiles_key("t", "spend", VIEW.fingerprint(), "u")
+    row_key = layout.row_key("t", "spend", VIEW.fingerprint(), "u")
+    past = dict(_tile_row("u", CURRENT, count=1, amounts=[1.0], nan=False, first=(NOW - 5, "a"),
+                          ns=[1]), newest=NOW - 5)
+    tiles_out.write(_columns(sink.TILES, [past]))
+    rows_out.write([["u"], [_latest_text(NOW - 5, [1.0, "a", 1])]])
+    ahead = dict(_tile_row("u", CURRENT, count=2, amounts=[1.0, 9.0], nan=False,
+                           first=(NOW - 5, "a"), ns=[1]), newest=NOW + 30 * US)
+    tiles_out.write(_columns(sink.TILES, [ahead]))
+    rows_out.write([["u"], [_latest_text(NOW + 30 * US, [9.0, "z", 2])]])
+    assert layout.decode_tile(r.hget(key, layout.tile_field(CURRENT)))[0] == 1   # not yet
+    assert layout.decode_row(r.get(row_key))[0] == NOW - 5
+    assert tiles_out.stats.deferred == rows_out.stats.deferred == 1
+    assert r.hlen(layout.deferred_key("t", "spend", VIEW.fingerprint())) == 2
+
+    clock.now = NOW + 30 * US                      # due: the timer (or a write) writes them
+    deadline = time.monotonic() + 5
+    while layout.decode_tile(r.hget(key, layout.tile_field(CURRENT)))[0] != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    while layout.decode_row(r.get(row_key))[0] != NOW + 30 * US:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert r.hlen(layout.deferred_key("t", "spend", VIEW.fingerprint())) == 0
+    assert r.pexpiretime(row_key) == (NOW + 30 * US + 2 * HOUR) // 1000
+
+    # held, then replaced by a current update: the held one never lands
+    clock.now = NOW + MIN
+    later = dict(ahead, __sr_count_row=5, newest=NOW + 2 * MIN)
+    tiles_out.write(_columns(sink.TILES, [later]))
+    current = dict(ahead, __sr_count_row=3, newest=NOW + MIN)
+    tiles_out.write(_columns(sink.TILES, [current]))
+    clock.now = NOW + 3 * MIN
+    assert tiles_out.release_due() == 0
+    assert layout.decode_tile(r.hget(key, layout.tile_field(CURRENT)))[0] == 3
+    tiles_out.close()
+    rows_out.close()
+
+
+def test_held_updates_survive_a_restart_of_the_sink(redis_url):
+    clock = Clock(NOW)
+    first = sink.RedisSink("t", OUT, sink.LATEST, redis_url, clock=clock)
+    first.write([["u"], [_latest_text(NOW + 10 * US, [3.0, "y", 1])]])
+    first.close()
+    r = redis.Redis.from_url(redis_url)
+    row_key = layout.row_key("t", "spend", VIEW.fingerprint(), "u")
+    assert r.get(row_key) is None
+    clock.now = NOW + 10 * US
+    second = sink.RedisSink("t", OUT, sink.LATEST, redis_url, clock=clock)
+    assert second.release_due() == 1
+    assert layout.decode_row(r.get(row_key)) == (NOW + 10 * US, [3.0, "y", 1])
+    second.close()
+
+
 def test_dropped_counts_are_kept_per_reason_and_hour(redis_url):
     writer = _sink(redis_url, sink.DROPPED)
     hour = NOW - NOW % HOUR

@@ -145,16 +145,16 @@ def test_one_aggregation_computes_the_tiles_of_every_level():
     [single] = flink_states.tiles_sql(clicks, "rows", "CUT")
     assert "__size" not in single and "UNION" not in single
     assert single.startswith("CREATE TEMPORARY VIEW `user_clicks__tiles` AS\n"
-                             "SELECT `user_id`, `__tile`, COUNT(*)")
+                             "SELECT `user_id`, `__tile`, MAX(`__ts`) AS `__newest`, COUNT(*)")
     assert single.endswith("GROUP BY `user_id`, `__tile`")
     # the writers receive the size where there are rollups
     job = flink_sql.compile_job(plan)
-    fields = {o.name: [f.name for f in sink.input_fields(o, sink.TILES)][:3] for o in job.sinks}
-    assert fields["user_spend"] == ["k0", "size", "tile"]
-    assert fields["user_clicks"][:2] == ["k0", "tile"]
+    fields = {o.name: [f.name for f in sink.input_fields(o, sink.TILES)][:4] for o in job.sinks}
+    assert fields["user_spend"] == ["k0", "size", "tile", "newest"]
+    assert fields["user_clicks"][:3] == ["k0", "tile", "newest"]
     insert = next(o.insert for o in job.outputs if o.function == "featurestore_user_spend_tiles")
     assert "featurestore_user_spend_tiles(CAST(`user_id` AS STRING), CAST(`__size` AS BIGINT), " \
-           "CAST(`__tile` AS BIGINT), " in insert
+           "CAST(`__tile` AS BIGINT), CAST(`__newest` AS BIGINT), " in insert
 
 
 def _top_level_items(sql: str) -> int:
@@ -262,4 +262,4 @@ def test_aggregations_that_share_a_column_compute_it_once():
     assert len(fields) == len(set(fields))
     out = job.sinks[0]
     assert [f.name for f in sink.input_fields(out, sink.TILES) if not f.name.endswith("__null")
-            ] == ["k0", "size", "tile", *fields]   # (hour rollups: a 1-day window)
+            ] == ["k0", "size", "tile", "newest", *fields]   # (hour rollups: a 1-day window)
