@@ -165,6 +165,7 @@ class OnlineStore:
         self._health = health
         self._up: bool | None = None
         self.location = _without_credentials(redis_url)
+        self.timed = None   # a Prometheus histogram of round trips, when metrics are on
 
     async def read(self, prepared: lookup.Prepared,
                    time_left: float | None = None) -> list[tuple[list, list | None]]:
@@ -229,8 +230,12 @@ class OnlineStore:
             pool = self._redis.connection_pool
             conn = await pool.get_connection()
             try:
+                started = time.perf_counter()
                 await conn.send_packed_command(packed, check_health=False)
-                return [await conn.read_response(disable_decoding=True) for _ in commands]
+                replies = [await conn.read_response(disable_decoding=True) for _ in commands]
+                if self.timed is not None:
+                    self.timed.observe(time.perf_counter() - started)
+                return replies
             except RedisConnectionError:
                 await conn.disconnect()
                 if attempt == 2:
@@ -303,8 +308,7 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
                  max_entities: int = ServerOptions.max_entities,
                  max_pending_rows: int = ServerOptions.max_pending_rows):
         self.versions = manifest if isinstance(manifest, Versions) else Versions(manifest)
-        self.corrupt = None   # a Prometheus counter of undecodable values, by view
-        self.written = None   # a Prometheus gauge: 1 when Redis holds the view's version
+        self.metrics: _Metrics | None = None
         self.health = None    # health servicer: `view:<name>` follows `written`
         self._store = store
         self._clock = clock
@@ -346,13 +350,17 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
         try:
             replies = await self._read(prepared, time_left)
             if rows * len(prepared.features) <= INLINE_VALUES:
-                return lookup.respond(prepared, replies)
-            return await asyncio.get_running_loop().run_in_executor(
-                self._merger, lookup.respond, prepared, replies)
+                response = lookup.respond(prepared, replies)
+            else:
+                response = await asyncio.get_running_loop().run_in_executor(
+                    self._merger, lookup.respond, prepared, replies)
+            if self.metrics is not None:
+                self.metrics.observe(prepared, response)
+            return response
         except lookup.CorruptState as e:
             log.error("%s", e)
-            if self.corrupt is not None:
-                self.corrupt.labels(e.view).inc()
+            if self.metrics is not None:
+                self.metrics.corrupt.labels(e.view).inc()
             raise LookupFailed(grpc.StatusCode.INTERNAL, str(e)) from None
         finally:
             self._pending -= rows
@@ -390,8 +398,8 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
             if self.health is not None:
                 await self.health.set(f"view:{name}", health_pb2.HealthCheckResponse.NOT_SERVING
                                       if name in after else health_pb2.HealthCheckResponse.SERVING)
-            if self.written is not None:
-                self.written.labels(name).set(0 if name in after else 1)
+            if self.metrics is not None:
+                self.metrics.written.labels(name).set(0 if name in after else 1)
 
     async def _read(self, prepared: lookup.Prepared, time_left: float | None):
         try:
@@ -455,7 +463,8 @@ class _Metrics:
     parent exports every worker's metrics)."""
 
     def __init__(self, host: str, port: int | None):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+        from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
+                                       start_http_server)
 
         self.registry = CollectorRegistry()
         self.interceptor = interceptors.MetricsInterceptor(self.registry)
@@ -466,10 +475,43 @@ class _Metrics:
                              "1 when Redis holds a materialization of the view version served, "
                              "0 when it holds none (an empty or another Redis)", ["view"],
                              registry=self.registry, multiprocess_mode="max")
+        self.age = Histogram("featurestore_served_age_seconds",
+                             "per response and view: the age of the newest event behind "
+                             "its values", ["view"], registry=self.registry,
+                             buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400))
+        self.statuses = Counter("featurestore_served_entities",
+                                "entity rows served per view, by the status of the view's "
+                                "values (its row features, else its windows)",
+                                ["view", "status"], registry=self.registry)
+        self.redis_seconds = Histogram(
+            "featurestore_redis_seconds", "one lookup's pipelined round trip to Redis",
+            buckets=(.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1),
+            registry=self.registry)
         self._http = None
         if port is not None:
             self._http, _ = start_http_server(port, addr=host, registry=self.registry)
         self.port = self._http.server_port if self._http else None
+
+    def observe(self, prepared: lookup.Prepared, response) -> None:
+        """Freshness and statuses of one response, per view."""
+        for fresh in response.metadata.freshness:
+            if fresh.newest_event:
+                self.age.labels(fresh.view).observe(fresh.age / 1e6)
+        first = len(prepared.entity_names)
+        seen = set()
+        for i, f in enumerate(prepared.features):
+            if f.view.name in seen or (f.spec.function is not None and f.view.row_features):
+                continue   # one column per view: a row feature where it has one
+            if f.spec.function in ("count", "count_distinct"):
+                continue   # a count is a value for every entity: it tells nothing
+            seen.add(f.view.name)
+            statuses = list(response.results[first + i].statuses)
+            for status, name in ((serving_pb2.NOT_FOUND, "NOT_FOUND"),
+                                 (serving_pb2.OUTSIDE_MAX_AGE, "OUTSIDE_MAX_AGE")):
+                n = statuses.count(status)
+                if n:
+                    self.statuses.labels(f.view.name, name).inc(n)
+            self.statuses.labels(f.view.name, "served").inc(len(statuses))
 
     def close(self) -> None:
         if self._http:
@@ -527,8 +569,8 @@ async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.
         metrics = _Metrics(host, None if worker else options.metrics_port)
     servicer = FeatureServicer(Versions(manifest, manifest_path), store, clock or wall_clock_us,
                                options.max_entities, options.max_pending_rows)
-    servicer.corrupt = metrics.corrupt if metrics else None
-    servicer.written = metrics.written if metrics else None
+    servicer.metrics = metrics
+    store.timed = metrics.redis_seconds if metrics else None
     servicer.health = health
     try:
         ring = auth.KeyRing(options.api_keys, options.api_keys_file)

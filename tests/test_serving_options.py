@@ -161,3 +161,21 @@ def test_a_view_redis_holds_nothing_of_is_reported(loop, redis_url):
                             'featurestore_view_written{view="user_profile"} 1.0')
         assert 'featurestore_view_written{view="user_profile"} 1.0' in text
         assert 'featurestore_view_written{view="user_spend"} 0.0' in text
+
+
+def test_metrics_of_freshness_statuses_and_redis(loop, stored):
+    """Per view: the age of the newest event served, entity rows by status;
+    the Redis round trip of each lookup."""
+    with contextlib.closing(redis.Redis.from_url(stored)) as r:
+        put_row(r, USER_PROFILE, ["old"], NOW - 2 * 86400 * 10 ** 6 + 1, ["JP", 7, 0.0, True, 0])
+    with running(loop, stored, metrics_port=0) as server:
+        with FeatureClient(f"localhost:{server.port}") as client:
+            client.get_online_features(["user_profile:country"],
+                                       entities={"user_id": ["u1", "old", "nobody"]})
+        text = scrape_until(server.metrics_port, "featurestore_redis_seconds_count 1.0")
+    assert 'featurestore_served_entities_total{status="served",view="user_profile"} 3.0' in text
+    assert 'featurestore_served_entities_total{status="NOT_FOUND",view="user_profile"} 1.0' in text
+    assert ('featurestore_served_entities_total{status="OUTSIDE_MAX_AGE",view="user_profile"} '
+            '1.0') in text
+    assert 'featurestore_served_age_seconds_count{view="user_profile"} 1.0' in text
+    assert "featurestore_redis_seconds_count 1.0" in text
