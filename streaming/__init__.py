@@ -1,6 +1,6 @@
 """Streaming engine: the same logical plan, run continuously by PyFlink.
 
-    flink_expr     types, literals and expressions in Flink SQL, with the DSL's meaning
+    flink_expr     the Flink dialect of expressions (featurestore.backends.sql_dialect)
     flink_states   tile states (featurestore.tiles) and latest rows in Flink SQL
     flink_sql      the job: source DDL, each view's rows, outputs and settings;
                    `artifacts` for `featurestore compile`

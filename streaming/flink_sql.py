@@ -112,7 +112,7 @@ def source_ddl(source: Source, settings: SourceSettings = SourceSettings()) -> s
     """CREATE TABLE for a stream source; timestamps are TIMESTAMP_LTZ(6) (UTC),
     `text_columns` are STRING."""
     if source.kind != "stream":
-        raise Unsupported(f"source {source.name} is a {source.kind} source, not a stream")
+        raise Unsupported(f"source {source.name} is a {source.kind} source, not a stream", "Flink")
     text = set(text_columns(source))
     columns = [f"  {ident(c)} {'STRING' if c in text else sql_type(t)}" for c, t in source.schema]
     options = _CONNECTORS[source.format](source, settings)
@@ -132,7 +132,7 @@ def _format_options(source: Source) -> list[tuple[str, str]]:
                 ("json.ignore-parse-errors", "true")]
     if fmt == "csv":  # timestamps as "2026-01-01 12:00:00.000001Z"
         return [("format", "csv"), ("csv.ignore-parse-errors", "true")]
-    raise Unsupported(f"stream format {fmt!r}")
+    raise Unsupported(f"stream format {fmt!r}", "Flink")
 
 
 def _files(source: Source, settings: SourceSettings) -> list[tuple[str, str]]:
@@ -343,7 +343,7 @@ def compile_job(plan: Plan, settings: SourceSettings = SourceSettings(),
     """The job of a plan's stream views; Unsupported names what cannot run."""
     views = stream_views(plan)
     if not views:
-        raise Unsupported("no view reads a stream source")
+        raise Unsupported("no view reads a stream source", "Flink")
     statements = []
     for name in sorted({v.source for v in views}):
         statements.append(source_ddl(plan.source(name), settings))

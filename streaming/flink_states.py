@@ -19,8 +19,9 @@ from streaming.flink_expr import (KINDS, Unsupported, double, expr_sql, floor_to
                                   nan_sql, stored_sql)
 from streaming.wire import Field, StateSql, low_bits_sql
 
-_TWO_63, _TWO_62, _TWO_31, _TWO_32 = (double(2.0 ** 63), double(2.0 ** 62), double(2.0 ** 31),
-                                      double(2.0 ** 32))
+_SUM_LIMIT, _LO_SCALE = double(tiles.SUM_LIMIT), double(2.0 ** tiles.SUM_FRACTION_BITS)
+_VARIANCE_LIMIT = double(tiles.VARIANCE_LIMIT)
+_FIXED_SCALE = double(2.0 ** tiles.VARIANCE_FRACTION_BITS)
 
 
 # ================================================================ tiles
@@ -28,16 +29,16 @@ def _input_sql(input_: str, k: int) -> str:
     """A per-row input of tiles.py over aggregation k's argument x<k>, as a
     BIGINT (b2, which needs 64 unsigned bits, as a DECIMAL)."""
     x, a, b = f"`__x{k}`", f"`__a{k}`", f"`__b{k}`"
-    hi = f"CASE WHEN ABS({x}) < {_TWO_63} THEN CAST({x} AS BIGINT) END"
+    hi = f"CASE WHEN ABS({x}) < {_SUM_LIMIT} THEN CAST({x} AS BIGINT) END"
     return {
         "int": x,
         "hi": hi,
         # x - trunc(x) is exact, and so is scaling it by a power of two
-        "lo": (f"CASE WHEN ABS({x}) < {_TWO_63} THEN CAST(({x} - CAST({hi} AS DOUBLE)) "
-               f"* {_TWO_62} AS BIGINT) END"),
+        "lo": (f"CASE WHEN ABS({x}) < {_SUM_LIMIT} THEN CAST(({x} - CAST({hi} AS DOUBLE)) "
+               f"* {_LO_SCALE} AS BIGINT) END"),
         # not NOT(|x| < 2**63): the planner makes that |x| >= 2**63, false for NaN
-        "out63": f"CASE WHEN ABS({x}) >= {_TWO_63} OR {nan_sql(x)} THEN 1 END",
-        "out31": f"CASE WHEN ABS({x}) >= {_TWO_31} OR {nan_sql(x)} THEN 1 END",
+        "out63": f"CASE WHEN ABS({x}) >= {_SUM_LIMIT} OR {nan_sql(x)} THEN 1 END",
+        "out31": f"CASE WHEN ABS({x}) >= {_VARIANCE_LIMIT} OR {nan_sql(x)} THEN 1 END",
         "fixed": f"`__fixed{k}`",
         "a2": f"{a} * {a}",
         "ab": f"{a} * {b}",
@@ -90,7 +91,7 @@ def aggregation_states(view: View) -> list[tuple[tiles.Aggregation, list[StateSq
         try:
             agg = tiles.aggregation(a.function, type_)
         except ValueError as e:
-            raise Unsupported(str(e)) from None
+            raise Unsupported(str(e), "Flink") from None
         out.append((agg, [state_sql(c, x, type_, w) for c in agg.columns]))
     return out
 
@@ -135,7 +136,8 @@ def _derived_sql(view: View) -> list[list[str]]:
         x = f"`__x{k}`"
         if a.function in ("variance", "stddev"):
             fixed = x if t in ("int64", "int32") else (
-                f"CASE WHEN ABS({x}) < {_TWO_31} THEN CAST({x} * {_TWO_32} AS BIGINT) END")
+                f"CASE WHEN ABS({x}) < {_VARIANCE_LIMIT} "
+                f"THEN CAST({x} * {_FIXED_SCALE} AS BIGINT) END")
             add(0, fixed, f"__fixed{k}")
             add(1, low_bits_sql(f"`__fixed{k}`"), f"__b{k}")
             add(1, f"(`__fixed{k}` - {low_bits_sql(f'`__fixed{k}`')}) / 4294967296", f"__a{k}")
@@ -207,7 +209,7 @@ def latest_text_sql(view: View) -> tuple[list[list[str]], str]:
     values = []
     for f in view.row_features:
         if f.type.startswith("list<"):
-            raise Unsupported(f"row feature {f.name!r} of type {f.type} in a stream view")
+            raise Unsupported(f"row feature {f.name!r} of type {f.type} in a stream view", "Flink")
         values.append((stored_sql(expr_sql(f.expr), f.type), KINDS[f.type]))
     return wire.row_text_sql("`__ts`", values)
 

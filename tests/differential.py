@@ -26,8 +26,9 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dsl.plan import (Aggregation, Binary, Column, Entity, Literal, Plan, RowFeature, Service,
-                      Source, Unary, View)
+from dsl.plan import (Aggregation, Binary, Call, Column, Entity, Literal, Plan, RowFeature,
+                      Service, Source, Unary, View)
+from featurestore.backends import unicode_case
 from tests.reference import RefAggregation, RefView, features_at
 
 US = 1_000_000
@@ -53,6 +54,25 @@ def _col(name: str) -> Column:
 def _qty_at_least_10():
     return (Binary(">=", _col("qty"), Literal(10, "int64"), "bool"),
             lambda e: None if e["qty"] is None else e["qty"] >= 10)
+
+
+def _case_mapped():
+    """upper, lower and length where Java's own functions would differ from
+    the DSL's (featurestore.backends.unicode_case): an expanding upper, a
+    dotted capital I, a final sigma, code points outside the BMP."""
+    category = _col("category")
+    tests = [("upper", "STRAẞE"), ("upper", "ﬃ"), ("lower", "i"), ("lower", "σασ")]
+    plan = Binary("=", Call("length", (category,), "int64"), Literal(2, "int64"), "bool")
+    for function, text in tests:
+        call = Call(function, (category,), "string")
+        plan = Binary("or", Binary("=", call, Literal(text, "string"), "bool"), plan, "bool")
+    mapped = {"upper": unicode_case.upper, "lower": unicode_case.lower}
+
+    def ref(e: dict):
+        c = e["category"]
+        return None if c is None else (any(mapped[f](c) == text for f, text in tests)
+                                       or len(c) == 2)
+    return plan, ref
 
 
 def _duckdb_order(x: float) -> tuple:
@@ -118,6 +138,7 @@ BUYS_AGGREGATIONS = [
                                                         negate_right=True)),
     ("qty_below_amount_1d", "count", None, DAY, _compare("<", "qty", "amount")),
     ("big_amount_1d", "sum", "amount", DAY, _qty_at_least_10),
+    ("case_mapped_1d", "count", None, DAY, _case_mapped),
     ("n_all", "count", None, None, None),            # no window: the ttl (1d)
     ("sum_qty_all", "sum", "qty", None, None),
 ]
@@ -224,7 +245,8 @@ def generate_events(seed: int = 7, n: int = 1500) -> list[dict]:
         events.append({
             "user": user, "shop": rng.choice(SHOPS), "amount": _amount(rng, user),
             "qty": _qty(rng, user),
-            "category": rng.choice([None, "a", "b", "", "é", "Z", "日本", "a\nb", "\x00", "zz"]),
+            "category": rng.choice([None, "a", "b", "", "é", "Z", "日本", "a\nb", "\x00", "zz",
+                                    "straße", "ﬃ", "İ", "ΣΑΣ", "𐐀𐐨"]),
             "flag": rng.choice([None, True, False]),
             "paid_at": rng.choice([None, ts - rng.randrange(DAY), T0 - 5 * DAY]),
             "kind": rng.choice(["buy"] * 6 + ["test"]), "ts": ts})

@@ -16,119 +16,55 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dsl.plan import (Aggregation, Binary, Call, Case, Cast, Column, Expr, Literal, Source, Unary,
-                      View)
+from dsl.plan import Aggregation, Source, View
 from featurestore import layout, tiles
+from featurestore.backends.sql_dialect import Dialect, Unsupported
 
-_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "float64": "DOUBLE", "bool": "BOOLEAN",
-          "timestamp": "TIMESTAMP", "float32": "FLOAT", "int32": "INTEGER"}
-_BINARY = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "+": "+",
-           "-": "-", "*": "*", "%": "%", "and": "AND", "or": "OR"}
-
-
-class Unsupported(Exception):
-    """A plan construct this backend cannot express."""
+def _date_part(name: str):
+    return lambda d, e, a: d.func(name, a[0])
 
 
-def ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+class DuckDB(Dialect):
+    """DuckDB's SQL for the DSL. Where it differs from the base: the names of
+    types and functions, `length` of a list, and the casts whose text
+    DuckDB spells (float and timestamp to string, string to timestamp)."""
+
+    ENGINE = "DuckDB"
+    TYPES = {**Dialect.TYPES, "string": "VARCHAR", "timestamp": "TIMESTAMP", "int32": "INTEGER"}
+    BINARY = {**Dialect.BINARY, "%": "%"}
+    # Date parts are UTC (`materialize.connect` sets the time zone); day_of_week
+    # is ISO: Monday 1 .. Sunday 7. upper and lower are DuckDB's own: they are
+    # the DSL's rule (featurestore.backends.unicode_case).
+    FUNCTIONS = {
+        **Dialect.FUNCTIONS,
+        "length": lambda d, e, a: (d.func("len", a[0]) if e.args[0].type.startswith("list<")
+                                   else d.func("length", a[0])),
+        **{part: _date_part(part) for part in ("year", "month", "day", "hour", "minute")},
+        "day_of_week": _date_part("isodow"),
+    }
+    CASTS = {
+        **Dialect.CASTS,
+        # float64 -> int64 truncates toward zero; null outside int64 and for NaN
+        ("float64", "int64"): lambda d, x: f"TRY_CAST(trunc({x}) AS BIGINT)",
+        ("bool", "string"): lambda d, x: f"CAST({x} AS VARCHAR)",       # true, false
+        ("float64", "string"): lambda d, x: f"CAST({x} AS VARCHAR)",    # shortest digits
+        ("timestamp", "string"): lambda d, x: f"CAST({x} AS VARCHAR)",  # 2026-01-04 13:45:30
+        ("string", "timestamp"): lambda d, x: f"TRY_CAST({d.func('trim', x)} AS TIMESTAMP)",
+    }
+
+    def list_type(self, element: str) -> str:
+        return element + "[]"
+
+    def full_match(self, sql: str, pattern: str) -> str:
+        return f"regexp_full_match({sql}, {self.string(pattern)})"
 
 
-def literal(value: object) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"CAST({value!r} AS DOUBLE)"
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def sql_type(t: str) -> str:
-    """The DuckDB type of a DSL type: `list<float32>` is FLOAT[]."""
-    if t.startswith("list<") and t.endswith(">"):
-        return sql_type(t[5:-1]) + "[]"
-    if t not in _TYPES:
-        raise Unsupported(f"type {t!r}")
-    return _TYPES[t]
-
-
-def expr_sql(e: Expr) -> str:
-    """SQL for a typed expression; every node is parenthesized, so precedence
-    is the plan's, never DuckDB's."""
-    if isinstance(e, Column):
-        return ident(e.name)
-    if isinstance(e, Literal):
-        return literal(e.value)
-    if isinstance(e, Unary):
-        op = "NOT " if e.op == "not" else "-"
-        return f"({op}{expr_sql(e.operand)})"
-    if isinstance(e, Binary):
-        if e.op == "/":  # division is always float64 in the DSL
-            return f"(CAST({expr_sql(e.left)} AS DOUBLE) / {expr_sql(e.right)})"
-        if e.op not in _BINARY:
-            raise Unsupported(f"operator {e.op!r}")
-        return f"({expr_sql(e.left)} {_BINARY[e.op]} {expr_sql(e.right)})"
-    if isinstance(e, Cast):
-        return cast_sql(e.operand, e.type)
-    if isinstance(e, Case):
-        whens = " ".join(f"WHEN {expr_sql(c)} THEN {expr_sql(v)}" for c, v in e.whens)
-        tail = f" ELSE {expr_sql(e.else_)}" if e.else_ is not None else ""
-        return f"(CASE {whens}{tail} END)"
-    if isinstance(e, Call):
-        if e.func not in _FUNCTIONS:
-            raise Unsupported(f"function {e.func!r}")
-        return _FUNCTIONS[e.func](e, [expr_sql(a) for a in e.args])
-    raise Unsupported(f"expression {type(e).__name__}")
-
-
-def _date_part(part: str):
-    return lambda e, args: f"{part}({args[0]})"
-
-
-# DSL function -> SQL, given the call and its arguments' SQL. `concat` uses
-# `||`, which is null when any part is null, as in the DSL (DuckDB's concat()
-# would skip nulls); day_of_week is ISO: Monday 1 .. Sunday 7.
-_FUNCTIONS = {
-    "is_null": lambda e, a: f"({a[0]} IS NULL)",
-    "is_not_null": lambda e, a: f"({a[0]} IS NOT NULL)",
-    "coalesce": lambda e, a: f"coalesce({', '.join(a)})",
-    "abs": lambda e, a: f"abs({a[0]})",
-    "round": lambda e, a: f"round({', '.join(a)})",
-    "lower": lambda e, a: f"lower({a[0]})",
-    "upper": lambda e, a: f"upper({a[0]})",
-    "length": lambda e, a: f"len({a[0]})" if e.args[0].type.startswith("list<")
-    else f"length({a[0]})",
-    "concat": lambda e, a: "(" + " || ".join(a) + ")",
-    **{part: _date_part(part) for part in ("year", "month", "day", "hour", "minute")},
-    "day_of_week": _date_part("isodow"),
-}
-
-
-def cast_sql(operand: Expr, to: str) -> str:
-    """`cast(x as T)` with the DSL's meaning: a value that does not convert is
-    null, never an error; float64 -> int64 truncates toward zero; text
-    converts only when it spells a value of the type (whole numbers for
-    int64, true/false for bool), surrounding spaces ignored."""
-    x, frm = expr_sql(operand), operand.type
-    if frm == to:
-        return x
-    if frm == "null":
-        return f"CAST(NULL AS {sql_type(to)})"
-    if to == "int64" and frm == "float64":
-        return f"TRY_CAST(trunc({x}) AS BIGINT)"
-    if to == "int64" and frm == "string":
-        return (f"(CASE WHEN regexp_full_match(trim({x}), '[+-]?[0-9]+') "
-                f"THEN TRY_CAST(trim({x}) AS BIGINT) END)")
-    if to == "bool" and frm == "string":
-        return f"(CASE lower(trim({x})) WHEN 'true' THEN TRUE WHEN 'false' THEN FALSE END)"
-    if to == "bool" and frm == "int64":
-        return f"({x} <> 0)"
-    if frm == "string":
-        return f"TRY_CAST(trim({x}) AS {sql_type(to)})"
-    return f"CAST({x} AS {sql_type(to)})"
+DUCKDB = DuckDB()
+ident = DUCKDB.ident
+literal = DUCKDB.literal
+sql_type = DUCKDB.sql_type
+expr_sql = DUCKDB.expr
+cast_sql = DUCKDB.cast
 
 
 def value_sql(sql: str, type: str) -> str:
@@ -158,7 +94,7 @@ def source_sql(source: Source, root: Path) -> str:
 def stored_source_sql(source: Source, root: Path) -> str:
     """`source_sql` with the columns as the data holds them (no casts)."""
     if source.kind != "batch" or source.format not in ("parquet", "csv", "table", "query"):
-        raise Unsupported(f"source {source.name}: {source.kind} {source.format}")
+        raise Unsupported(f"source {source.name}: {source.kind} {source.format}", "DuckDB")
     if source.format == "parquet":
         return f"read_parquet({literal(data_path(source.path, root))}, filename = true, " \
                "file_row_number = true)"
@@ -233,21 +169,28 @@ def floor_div(sql: str, step: int | str) -> str:
 # reducers, and the JSON of a tile. Column names: i<k>_<input> for inputs and
 # s<k>_<column> for states, k the aggregation's position in the view.
 
-_F64 = "::DOUBLE"
+def _exact(power_of_two: float) -> str:
+    """A power of two as an exact DOUBLE: 2.0 ** 31 is 2147483648.0::DOUBLE."""
+    return f"{int(power_of_two)}.0::DOUBLE"
+
+
+_SUM_LIMIT = _exact(tiles.SUM_LIMIT)
+_LO_SCALE = _exact(2.0 ** tiles.SUM_FRACTION_BITS)
+_VARIANCE_LIMIT = _exact(tiles.VARIANCE_LIMIT)
+_FIXED_SCALE = _exact(2.0 ** tiles.VARIANCE_FRACTION_BITS)
 _INPUTS = {
     "row": lambda x, t, k: "1",
     "value": lambda x, t, k: _value(x, t),
     "int": lambda x, t, k: x,
-    "hi": lambda x, t, k: f"CASE WHEN abs({x}) < 9223372036854775808.0{_F64} "
-                          f"THEN CAST(trunc({x}) AS BIGINT) END",
-    "lo": lambda x, t, k: f"CASE WHEN abs({x}) < 9223372036854775808.0{_F64} THEN CAST(trunc("
-                          f"({x} - trunc({x})) * 4611686018427387904.0{_F64}) AS BIGINT) END",
-    "out63": lambda x, t, k: f"CASE WHEN NOT (abs({x}) < 9223372036854775808.0{_F64}) THEN 1 END",
+    "hi": lambda x, t, k: f"CASE WHEN abs({x}) < {_SUM_LIMIT} THEN CAST(trunc({x}) AS BIGINT) END",
+    "lo": lambda x, t, k: f"CASE WHEN abs({x}) < {_SUM_LIMIT} THEN CAST(trunc("
+                          f"({x} - trunc({x})) * {_LO_SCALE}) AS BIGINT) END",
+    "out63": lambda x, t, k: f"CASE WHEN NOT (abs({x}) < {_SUM_LIMIT}) THEN 1 END",
     "fixed": lambda x, t, k: _fixed(x, t),
     "a2": lambda x, t, k: f"((i{k}_fixed >> 32) * (i{k}_fixed >> 32))",
     "ab": lambda x, t, k: f"((i{k}_fixed >> 32) * (i{k}_fixed & 4294967295))",
     "b2": lambda x, t, k: f"(CAST(i{k}_fixed & 4294967295 AS HUGEINT) * (i{k}_fixed & 4294967295))",
-    "out31": lambda x, t, k: f"CASE WHEN NOT (abs({x}) < 2147483648.0{_F64}) THEN 1 END",
+    "out31": lambda x, t, k: f"CASE WHEN NOT (abs({x}) < {_VARIANCE_LIMIT}) THEN 1 END",
     "ts_value": lambda x, t, k: f"CASE WHEN {x} IS NOT NULL "
                                 f"THEN {{'t': __ts, 'v': {_value(x, t)}}} END",
 }
@@ -260,8 +203,8 @@ def _fixed(x: str, type_: str) -> str:
     """The `fixed` input: int64 as it is, float64 * 2**32 truncated."""
     if type_ != "float64":
         return x
-    return (f"CASE WHEN abs({x}) < 2147483648.0{_F64} "
-            f"THEN CAST(trunc({x} * 4294967296.0{_F64}) AS BIGINT) END")
+    return (f"CASE WHEN abs({x}) < {_VARIANCE_LIMIT} "
+            f"THEN CAST(trunc({x} * {_FIXED_SCALE}) AS BIGINT) END")
 
 
 def _value(x: str, type_: str) -> str:
@@ -276,7 +219,7 @@ def tile_aggregation(a: Aggregation) -> tiles.Aggregation:
     try:
         return tiles.aggregation(a.function, a.arg.type if a.arg is not None else None)
     except ValueError as e:
-        raise Unsupported(str(e)) from None
+        raise Unsupported(str(e), "DuckDB") from None
 
 
 def state_inputs_sql(view: View, indexes: list[int] | None = None) -> list[str]:
