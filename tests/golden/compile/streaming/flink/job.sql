@@ -62,7 +62,7 @@ SELECT *, CASE WHEN `__ts` IS NULL OR `user_id` IS NULL THEN 'invalid' WHEN `__t
 FROM (SELECT *, (EXTRACT(EPOCH FROM `ts`) * 1000000 + EXTRACT(MICROSECOND FROM `ts`)) AS `__ts`, UNIX_TIMESTAMP() * 1000000 AS `__now` FROM `synthetic`);
 
 CREATE TEMPORARY VIEW `load_test__tiles` AS
-SELECT `user_id`, `__tile`, SUM((`__i0_hi` - `__l0_hi`) / 4294967296) AS `__s0_sum_hi_h`, SUM(`__l0_hi`) AS `__s0_sum_hi_l`, SUM((`__i0_lo` - `__l0_lo`) / 4294967296) AS `__s0_sum_lo_h`, SUM(`__l0_lo`) AS `__s0_sum_lo_l`, COUNT(CASE WHEN ABS(`__x0`) >= 9.223372036854776E18 OR (POWER(`__x0`, 1E0) <> `__x0`) THEN 1 END) AS `__s0_count_out63`
+SELECT `user_id`, `__tile`, MAX(`__ts`) AS `__newest`, SUM((`__i0_hi` - `__l0_hi`) / 4294967296) AS `__s0_sum_hi_h`, SUM(`__l0_hi`) AS `__s0_sum_hi_l`, SUM((`__i0_lo` - `__l0_lo`) / 4294967296) AS `__s0_sum_lo_h`, SUM(`__l0_lo`) AS `__s0_sum_lo_l`, COUNT(CASE WHEN ABS(`__x0`) >= 9.223372036854776E18 OR (POWER(`__x0`, 1E0) <> `__x0`) THEN 1 END) AS `__s0_count_out63`
 FROM (SELECT *, MOD(MOD(`__i0_hi`, 4294967296) + 4294967296, 4294967296) AS `__l0_hi`, MOD(MOD(`__i0_lo`, 4294967296) + 4294967296, 4294967296) AS `__l0_lo` FROM (SELECT *, CASE WHEN ABS(`__x0`) < 9.223372036854776E18 THEN CAST(`__x0` AS BIGINT) END AS `__i0_hi`, CASE WHEN ABS(`__x0`) < 9.223372036854776E18 THEN CAST((`__x0` - CAST(CASE WHEN ABS(`__x0`) < 9.223372036854776E18 THEN CAST(`__x0` AS BIGINT) END AS DOUBLE)) * 4.611686018427388E18 AS BIGINT) END AS `__i0_lo` FROM (SELECT `user_id`, `__tile`, `__ts`, (CASE WHEN CAST(`value` AS DOUBLE) = 0 THEN 0E0 ELSE CAST(`value` AS DOUBLE) END) AS `__x0` FROM (SELECT *, (`__ts` - MOD(MOD(`__ts`, 60000000) + 60000000, 60000000)) AS `__tile` FROM `load_test__rows` WHERE `__drop` IS NULL AND (`__ts` - MOD(MOD(`__ts`, 60000000) + 60000000, 60000000)) >= (`__now` - MOD(MOD(`__now`, 60000000) + 60000000, 60000000)) - 7200000000))))
 GROUP BY `user_id`, `__tile`;
 
@@ -74,7 +74,7 @@ SELECT *, CASE WHEN `__ts` IS NULL OR `user_id` IS NULL THEN 'invalid' WHEN `__t
 FROM (SELECT *, (EXTRACT(EPOCH FROM `ts`) * 1000000 + EXTRACT(MICROSECOND FROM `ts`)) AS `__ts`, UNIX_TIMESTAMP() * 1000000 AS `__now` FROM `clicks`);
 
 CREATE TEMPORARY VIEW `user_clicks__tiles` AS
-SELECT `user_id`, `__tile`, COUNT(*) AS `__sr_count_row`, COUNT(*) FILTER (WHERE `__w2`) AS `__srw2_count_row`
+SELECT `user_id`, `__tile`, MAX(`__ts`) AS `__newest`, COUNT(*) AS `__sr_count_row`, COUNT(*) FILTER (WHERE `__w2`) AS `__srw2_count_row`
 FROM (SELECT `user_id`, `__tile`, `__ts`, ((`page` = 'checkout')) IS TRUE AS `__w2` FROM (SELECT *, (`__ts` - MOD(MOD(`__ts`, 60000000) + 60000000, 60000000)) AS `__tile` FROM `user_clicks__rows` WHERE `__drop` IS NULL AND (`__ts` - MOD(MOD(`__ts`, 60000000) + 60000000, 60000000)) >= (`__now` - MOD(MOD(`__now`, 60000000) + 60000000, 60000000)) - 7200000000))
 GROUP BY `user_id`, `__tile`;
 
@@ -89,7 +89,7 @@ CREATE TEMPORARY VIEW `user_spend__tile_inputs` AS
 SELECT *, MOD(MOD(`__i2_hi`, 4294967296) + 4294967296, 4294967296) AS `__l2_hi`, MOD(MOD(`__i2_lo`, 4294967296) + 4294967296, 4294967296) AS `__l2_lo` FROM (SELECT *, CASE WHEN ABS(`__x2`) < 9.223372036854776E18 THEN CAST(`__x2` AS BIGINT) END AS `__i2_hi`, CASE WHEN ABS(`__x2`) < 9.223372036854776E18 THEN CAST((`__x2` - CAST(CASE WHEN ABS(`__x2`) < 9.223372036854776E18 THEN CAST(`__x2` AS BIGINT) END AS DOUBLE)) * 4.611686018427388E18 AS BIGINT) END AS `__i2_lo` FROM (SELECT `user_id`, `__ts`, (CASE WHEN CAST(`amount` AS DOUBLE) = 0 THEN 0E0 ELSE CAST(`amount` AS DOUBLE) END) AS `__x2`, (((`amount` >= CAST(100 AS BIGINT)) OR (POWER(`amount`, 1E0) <> `amount`))) IS TRUE AS `__w5` FROM (SELECT * FROM `user_spend__rows` WHERE `__drop` IS NULL AND (`__ts` - MOD(MOD(`__ts`, 300000000) + 300000000, 300000000)) >= (`__now` - MOD(MOD(`__now`, 300000000) + 300000000, 300000000)) - 608400000000)));
 
 CREATE TEMPORARY VIEW `user_spend__tiles` AS
-SELECT `user_id`, `__size`, `__tile`, COUNT(*) AS `__sr_count_row`, SUM((`__i2_hi` - `__l2_hi`) / 4294967296) AS `__s2_sum_hi_h`, SUM(`__l2_hi`) AS `__s2_sum_hi_l`, SUM((`__i2_lo` - `__l2_lo`) / 4294967296) AS `__s2_sum_lo_h`, SUM(`__l2_lo`) AS `__s2_sum_lo_l`, COUNT(CASE WHEN ABS(`__x2`) >= 9.223372036854776E18 OR (POWER(`__x2`, 1E0) <> `__x2`) THEN 1 END) AS `__s2_count_out63`, COUNT(*) FILTER (WHERE `__w5`) AS `__srw5_count_row`, MAX(CASE WHEN NOT (POWER(`__x2`, 1E0) <> `__x2`) THEN `__x2` END) AS `__s2_max_value`, COUNT(CASE WHEN (POWER(`__x2`, 1E0) <> `__x2`) THEN 1 END) AS `__s2_max_value_nan`
+SELECT `user_id`, `__size`, `__tile`, MAX(`__ts`) AS `__newest`, COUNT(*) AS `__sr_count_row`, SUM((`__i2_hi` - `__l2_hi`) / 4294967296) AS `__s2_sum_hi_h`, SUM(`__l2_hi`) AS `__s2_sum_hi_l`, SUM((`__i2_lo` - `__l2_lo`) / 4294967296) AS `__s2_sum_lo_h`, SUM(`__l2_lo`) AS `__s2_sum_lo_l`, COUNT(CASE WHEN ABS(`__x2`) >= 9.223372036854776E18 OR (POWER(`__x2`, 1E0) <> `__x2`) THEN 1 END) AS `__s2_count_out63`, COUNT(*) FILTER (WHERE `__w5`) AS `__srw5_count_row`, MAX(CASE WHEN NOT (POWER(`__x2`, 1E0) <> `__x2`) THEN `__x2` END) AS `__s2_max_value`, COUNT(CASE WHEN (POWER(`__x2`, 1E0) <> `__x2`) THEN 1 END) AS `__s2_max_value_nan`
 FROM (SELECT *, CAST(300000000 AS BIGINT) AS `__size`, (`__ts` - MOD(MOD(`__ts`, 300000000) + 300000000, 300000000)) AS `__tile` FROM `user_spend__tile_inputs`
   UNION ALL SELECT *, CAST(3600000000 AS BIGINT) AS `__size`, (`__ts` - MOD(MOD(`__ts`, 3600000000) + 3600000000, 3600000000)) AS `__tile` FROM `user_spend__tile_inputs`
   UNION ALL SELECT *, CAST(86400000000 AS BIGINT) AS `__size`, (`__ts` - MOD(MOD(`__ts`, 86400000000) + 86400000000, 86400000000)) AS `__tile` FROM `user_spend__tile_inputs`)
@@ -106,19 +106,19 @@ SELECT `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 360000000
 CREATE TEMPORARY TABLE `featurestore_written` (`written` BIGINT) WITH ('connector' = 'blackhole');
 
 INSERT INTO `featurestore_written`
-SELECT featurestore_load_test_tiles(CAST(`user_id` AS STRING), CAST(`__tile` AS BIGINT), COALESCE(CAST(`__s0_sum_hi_h` AS BIGINT), CAST(0 AS BIGINT)), `__s0_sum_hi_h` IS NULL, COALESCE(CAST(`__s0_sum_hi_l` AS BIGINT), CAST(0 AS BIGINT)), `__s0_sum_hi_l` IS NULL, COALESCE(CAST(`__s0_sum_lo_h` AS BIGINT), CAST(0 AS BIGINT)), `__s0_sum_lo_h` IS NULL, COALESCE(CAST(`__s0_sum_lo_l` AS BIGINT), CAST(0 AS BIGINT)), `__s0_sum_lo_l` IS NULL, CAST(`__s0_count_out63` AS BIGINT)) FROM `load_test__tiles`;
+SELECT featurestore_load_test_tiles(CAST(`user_id` AS STRING), CAST(`__tile` AS BIGINT), CAST(`__newest` AS BIGINT), COALESCE(CAST(`__s0_sum_hi_h` AS BIGINT), CAST(0 AS BIGINT)), `__s0_sum_hi_h` IS NULL, COALESCE(CAST(`__s0_sum_hi_l` AS BIGINT), CAST(0 AS BIGINT)), `__s0_sum_hi_l` IS NULL, COALESCE(CAST(`__s0_sum_lo_h` AS BIGINT), CAST(0 AS BIGINT)), `__s0_sum_lo_h` IS NULL, COALESCE(CAST(`__s0_sum_lo_l` AS BIGINT), CAST(0 AS BIGINT)), `__s0_sum_lo_l` IS NULL, CAST(`__s0_count_out63` AS BIGINT)) FROM `load_test__tiles`;
 
 INSERT INTO `featurestore_written`
 SELECT featurestore_load_test_dropped(CAST(`__drop` AS STRING), CAST(`__hour` AS BIGINT), CAST(`__count` AS BIGINT)) FROM `load_test__dropped`;
 
 INSERT INTO `featurestore_written`
-SELECT featurestore_user_clicks_tiles(CAST(`user_id` AS STRING), CAST(`__tile` AS BIGINT), CAST(`__sr_count_row` AS BIGINT), CAST(`__srw2_count_row` AS BIGINT)) FROM `user_clicks__tiles`;
+SELECT featurestore_user_clicks_tiles(CAST(`user_id` AS STRING), CAST(`__tile` AS BIGINT), CAST(`__newest` AS BIGINT), CAST(`__sr_count_row` AS BIGINT), CAST(`__srw2_count_row` AS BIGINT)) FROM `user_clicks__tiles`;
 
 INSERT INTO `featurestore_written`
 SELECT featurestore_user_clicks_dropped(CAST(`__drop` AS STRING), CAST(`__hour` AS BIGINT), CAST(`__count` AS BIGINT)) FROM `user_clicks__dropped`;
 
 INSERT INTO `featurestore_written`
-SELECT featurestore_user_spend_tiles(CAST(`user_id` AS STRING), CAST(`__size` AS BIGINT), CAST(`__tile` AS BIGINT), CAST(`__sr_count_row` AS BIGINT), COALESCE(CAST(`__s2_sum_hi_h` AS BIGINT), CAST(0 AS BIGINT)), `__s2_sum_hi_h` IS NULL, COALESCE(CAST(`__s2_sum_hi_l` AS BIGINT), CAST(0 AS BIGINT)), `__s2_sum_hi_l` IS NULL, COALESCE(CAST(`__s2_sum_lo_h` AS BIGINT), CAST(0 AS BIGINT)), `__s2_sum_lo_h` IS NULL, COALESCE(CAST(`__s2_sum_lo_l` AS BIGINT), CAST(0 AS BIGINT)), `__s2_sum_lo_l` IS NULL, CAST(`__s2_count_out63` AS BIGINT), CAST(`__srw5_count_row` AS BIGINT), COALESCE(CAST(`__s2_max_value` AS DOUBLE), 0E0), `__s2_max_value` IS NULL, CAST(`__s2_max_value_nan` AS BIGINT)) FROM `user_spend__tiles`;
+SELECT featurestore_user_spend_tiles(CAST(`user_id` AS STRING), CAST(`__size` AS BIGINT), CAST(`__tile` AS BIGINT), CAST(`__newest` AS BIGINT), CAST(`__sr_count_row` AS BIGINT), COALESCE(CAST(`__s2_sum_hi_h` AS BIGINT), CAST(0 AS BIGINT)), `__s2_sum_hi_h` IS NULL, COALESCE(CAST(`__s2_sum_hi_l` AS BIGINT), CAST(0 AS BIGINT)), `__s2_sum_hi_l` IS NULL, COALESCE(CAST(`__s2_sum_lo_h` AS BIGINT), CAST(0 AS BIGINT)), `__s2_sum_lo_h` IS NULL, COALESCE(CAST(`__s2_sum_lo_l` AS BIGINT), CAST(0 AS BIGINT)), `__s2_sum_lo_l` IS NULL, CAST(`__s2_count_out63` AS BIGINT), CAST(`__srw5_count_row` AS BIGINT), COALESCE(CAST(`__s2_max_value` AS DOUBLE), 0E0), `__s2_max_value` IS NULL, CAST(`__s2_max_value_nan` AS BIGINT)) FROM `user_spend__tiles`;
 
 INSERT INTO `featurestore_written`
 SELECT featurestore_user_spend_latest(CAST(`user_id` AS STRING), CAST(`latest` AS STRING)) FROM `user_spend__latest`;
