@@ -358,10 +358,13 @@ def flink_values() -> dict[str, tuple]:
     return {dsl: tuple(r[i + 1] for r in rows) for i, (dsl, _) in enumerate(runs)}
 
 
-@pytest.mark.parametrize("dsl, duckdb_sql, flink_sql, values", CASES, ids=_IDS)
+_FLINK_CASES = [(c, i) for c, i in zip(CASES, _IDS) if not isinstance(c[2], refused)]
+
+
+@pytest.mark.parametrize("dsl, duckdb_sql, flink_sql, values", [c for c, _ in _FLINK_CASES],
+                         ids=[i for _, i in _FLINK_CASES])
 def test_flink_values(flink_values, dsl, duckdb_sql, flink_sql, values):
-    if isinstance(flink_sql, refused):
-        pytest.skip("the stream refuses it")
+    """(What the stream refuses is test_the_stream_reports_what_it_refuses'.)"""
     got = flink_values[dsl]
     assert all(map(_same, got, values)), got
 
