@@ -25,12 +25,14 @@ import math
 from typing import Callable, NoReturn
 
 from dsl.plan import Binary, Call, Case, Cast, Column, Expr, Literal, Unary
+from featurestore.errors import DefinitionError
 
 
-class Unsupported(Exception):
-    """A plan construct an engine cannot compute with the DSL's meaning.
-    The message is the construct; `engine` names the engine (the callers'
-    messages name it too: "not computed by DuckDB: ...")."""
+class Unsupported(DefinitionError):
+    """A plan construct an engine cannot compute with the DSL's meaning: a
+    mistake in the definitions, reported as one. The message is the
+    construct; `engine` names the engine (the callers' messages name it too:
+    "not computed by DuckDB: ...")."""
 
     def __init__(self, construct: str, engine: str = ""):
         super().__init__(construct)
