@@ -48,14 +48,6 @@ class FeaturestoreOfflineStoreConfig(FeastConfigBaseModel):
     type: Literal["featurestore.feast_online_store.FeaturestoreOfflineStore"] = OFFLINE_CLASS
 
 
-_SCALAR = {"int64_list": "int64_val", "double_list": "double_val", "string_list": "string_val",
-           "bool_list": "bool_val", "float_list": "float_val",
-           "timestamp_list": "unix_timestamp_val"}
-_LIST = {"int64_list": "int64_list_val", "double_list": "double_list_val",
-         "string_list": "string_list_val", "bool_list": "bool_list_val",
-         "float_list": "float_list_val", "timestamp_list": "unix_timestamp_list_val"}
-
-
 class FeaturestoreOnlineStore(OnlineStore):
     """Reads what featurestore wrote; writes nothing."""
 
@@ -166,6 +158,7 @@ def _key_columns(entity_keys) -> list[tuple[str, str, list]]:
 def _rows(response, n: int, names: list[str]):
     """Our columnar response as Feast's per-entity (event time, values):
     (None, None) for an entity NOT_FOUND in every requested feature."""
+    from serving import feast_api
     from serving.v1 import serving_pb2 as pb
 
     out: list[list] = [[None, {}, False] for _ in range(n)]   # newest µs, values, any state
@@ -173,8 +166,7 @@ def _rows(response, n: int, names: list[str]):
     for name, column in zip(names, columns):
         statuses = list(column.statuses)
         times = list(column.event_timestamps)
-        kind = column.values.WhichOneof("kind")
-        for i, value in enumerate(_values(column.values, kind, statuses)):
+        for i, value in enumerate(feast_api.values(column.values, statuses, ValueProto)):
             row = out[i]
             row[1][name] = value
             if statuses[i] != pb.NOT_FOUND:
@@ -189,32 +181,6 @@ def _rows(response, n: int, names: list[str]):
         ts = datetime.fromtimestamp((newest or 0) / 1_000_000, tz=timezone.utc)
         result.append((ts, values))
     return result
-
-
-def _values(column, kind: Optional[str], statuses: list[int]) -> list:
-    from serving.v1 import serving_pb2 as pb
-
-    if kind is None:
-        return [ValueProto() for _ in statuses]
-    if kind == "list_column":
-        elements = column.list_column.elements
-        inner = elements.WhichOneof("kind")
-        flat = list(getattr(elements, inner).values) if inner else []
-        out, at = [], 0
-        for length, status in zip(column.list_column.lengths, statuses):
-            items, at = flat[at:at + length], at + length
-            value = ValueProto()
-            if status == pb.PRESENT and inner is not None:
-                getattr(value, _LIST[inner]).val.extend(
-                    [t // 1_000_000 for t in items] if inner == "timestamp_list" else items)
-            out.append(value)
-        return out
-    raw = list(getattr(column, kind).values)
-    if kind == "timestamp_list":
-        raw = [t // 1_000_000 for t in raw]
-    field = _SCALAR[kind]
-    return [ValueProto(**{field: v}) if s == pb.PRESENT else ValueProto()
-            for v, s in zip(raw, statuses)]
 
 
 class FeaturestoreOfflineStore(OfflineStore):

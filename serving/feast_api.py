@@ -100,35 +100,38 @@ def to_feast(response: pb.GetOnlineFeaturesResponse):
         statuses = list(column.statuses)
         vector.statuses.extend(statuses)
         vector.event_timestamps.extend(_timestamps(column.event_timestamps))
-        vector.values.extend(_values(column.values, statuses))
+        vector.values.extend(values(column.values, statuses))
     return out
 
 
-def _values(column: pb.ValueList, statuses: list[int]) -> list:
+def values(column: pb.ValueList, statuses: list[int], value_class=None) -> list:
+    """One Feast `Value` per slot of one of our columns (empty where the
+    status is not PRESENT); `value_class`: the Value message to build (by
+    default this module's; feast's own in a process that has feast)."""
+    value_class = value_class or Value
     kind = column.WhichOneof("kind")
     if kind is None:
-        return [Value() for _ in statuses]
+        return [value_class() for _ in statuses]
     if kind == "list_column":
         elements = column.list_column.elements
         inner = elements.WhichOneof("kind")
         flat = list(getattr(elements, inner).values) if inner else []
+        if inner == "timestamp_list":
+            flat = [t // 1_000_000 for t in flat]
         out, at = [], 0
         for n, status in zip(column.list_column.lengths, statuses):
             items, at = flat[at:at + n], at + n
-            if status != pb.PRESENT or inner is None:
-                out.append(Value())
-                continue
-            if inner == "timestamp_list":
-                items = [t // 1_000_000 for t in items]
-            value = Value()
-            getattr(value, _LIST[inner]).val.extend(items)
+            value = value_class()
+            if status == pb.PRESENT and inner is not None:
+                getattr(value, _LIST[inner]).val.extend(items)
             out.append(value)
         return out
     field = _SCALAR[kind]
     raw = getattr(column, kind).values
     if kind == "timestamp_list":
         raw = [t // 1_000_000 for t in raw]
-    return [Value(**{field: v}) if s == pb.PRESENT else Value() for v, s in zip(raw, statuses)]
+    return [value_class(**{field: v}) if s == pb.PRESENT else value_class()
+            for v, s in zip(raw, statuses)]
 
 
 def handlers(servicer) -> list[grpc.GenericRpcHandler]:

@@ -1,8 +1,15 @@
 """Shared fixtures: a real Redis for the whole session, cleaned between tests."""
 from __future__ import annotations
 
+import prometheus_client  # noqa: F401  (before feast: see below)
 import pytest
 import redis
+
+# Importing feast sets PROMETHEUS_MULTIPROC_DIR for its own server, and
+# prometheus_client picks its value store when first imported: imported
+# here first, the in-process servers of the tests keep per-object values
+# (a `featurestore serve` process imports no feast; its workers set the
+# variable themselves before they start).
 
 from featurestore import redis_local
 

@@ -15,17 +15,11 @@ from feast.protos.feast.types import Value_pb2
 
 from serving.client import FeatureClient, FieldStatus
 from serving.server import ServerOptions, start_server
-from test_serving import (DAY, FLOOR, HOUR, MANIFEST, NOW, USER_PROFILE, USER_SPEND,
-                          LoopThread, put_row, put_tile, spend_states)
+from test_serving import (DAY, FLOOR, HOUR, MANIFEST, NOW, USER_PROFILE, USER_SPEND, put_row,
+                          put_tile, spend_states)
+from test_serving_options import loop  # noqa: F401  (a fixture)
 
 USERS = ["u1", "u2", "old", "nobody"]
-
-
-@pytest.fixture(scope="module")
-def loop():
-    thread = LoopThread()
-    yield thread
-    thread.close()
 
 
 @pytest.fixture

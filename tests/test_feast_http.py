@@ -14,7 +14,8 @@ import redis
 
 from serving.client import FeatureClient, FieldStatus
 from serving.server import ServerOptions, start_server
-from test_feast_api import FEATURES, USERS, loop  # noqa: F401  (loop: a fixture)
+from test_feast_api import FEATURES, USERS
+from test_serving_options import loop  # noqa: F401  (a fixture)
 from test_serving import (DAY, FLOOR, HOUR, MANIFEST, NOW, USER_PROFILE, USER_SPEND,
                           put_row, put_tile, spend_states)
 

@@ -3,7 +3,6 @@ re-read on change and on SIGHUP, mutual TLS, and request bytes that do not
 decode answered INVALID_ARGUMENT: a real server on a loopback port."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import signal
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,7 +21,8 @@ from featurestore import redis_local
 from serving.client import FeatureClient
 from serving.server import ServerOptions, start_server
 from serving.v1 import serving_pb2 as pb
-from test_serving import MANIFEST, NOW, USER_PROFILE, LoopThread, put_row
+from test_serving import MANIFEST, NOW
+from test_serving_options import code_of, loop, running, stored  # noqa: F401  (fixtures)
 
 ASK = dict(features=["user_profile:country"], entities={"user_id": ["u1"]})
 METHOD = "/featurestore.serving.v1.ServingService/GetOnlineFeatures"
@@ -31,36 +30,6 @@ METHOD = "/featurestore.serving.v1.ServingService/GetOnlineFeatures"
 
 def sha(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def loop():
-    thread = LoopThread()
-    yield thread
-    thread.close()
-
-
-@pytest.fixture
-def stored(redis_url):
-    with contextlib.closing(redis.Redis.from_url(redis_url)) as r:
-        put_row(r, USER_PROFILE, ["u1"], NOW, ["DE", 41, 0.75, True, 0])
-    return redis_url
-
-
-@contextlib.contextmanager
-def running(loop, redis_url, **options):
-    server = loop.run(start_server(MANIFEST, redis_url, host="localhost", clock=lambda: NOW,
-                                   options=ServerOptions(**options)))
-    try:
-        yield server
-    finally:
-        loop.run(server.stop(None))
-
-
-def code_of(call):
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    return caught.value.code(), caught.value.details()
 
 
 def _reflect(target: str, metadata=None) -> list[str]:
