@@ -21,6 +21,10 @@ EXTRA_OF = {"duckdb": "batch", "lark": "batch", "feast": "batch", "pyflink": "st
             "redis": "server", "hiredis": "server", "grpc_health": "server",
             "grpc_reflection": "server", "prometheus_client": "server", "yaml": "server",
             "pydantic": "server", "pandas": "client", "pyarrow": "client", "torch": "gpu"}
+# Verbs that need more than the module they first miss: the extra with all of it.
+VERB_EXTRA = {verb: "batch" for verb in ("check", "compile", "fmt", "plan", "apply",
+                                         "materialize", "export", "push", "import-feast")}
+VERB_EXTRA.update({"stream": "streaming", "quickstart": "streaming"})
 
 
 def say(msg: str) -> None:
@@ -502,6 +506,7 @@ def explain(e: Exception, args) -> str | None:
     if isinstance(e, ModuleNotFoundError) and e.name:
         extra = EXTRA_OF.get(e.name.split(".")[0])
         if extra:
+            extra = VERB_EXTRA.get(args.verb, extra)   # the extra that brings all it needs
             return str(MissingDependency(e.name, extra, f"`featurestore {args.verb}`"))
     if isinstance(e, OSError) and e.filename:
         return f"{e.strerror or e}: {e.filename}"

@@ -102,7 +102,7 @@ serve() {  # serve BIN PORT LOG [ARGS]: start a server, wait until it takes conn
 }
 
 # One lookup through the Python client: a known user has values, an unknown
-# one is NOT_FOUND, and the conversions the extra promises work.
+# one is NOT_FOUND (its counts 0), and the conversions the extra promises work.
 read -r -d '' lookup <<'EOF' || true
 import sys
 from serving.client import FeatureClient, FieldStatus
@@ -111,9 +111,12 @@ with FeatureClient(sys.argv[1], timeout=10) as client:
                                      entities={"user_id": ["user_000000", "nobody"]})
 status = got.statuses
 assert status["country"][0] == FieldStatus.PRESENT and status["purchases_1d"][0] == FieldStatus.PRESENT, status
-assert all(status[n][1] == FieldStatus.NOT_FOUND for n in got.feature_names), status
+counts = ("purchases_1h", "purchases_1d", "big_1d")   # 0 for an entity never seen
+assert all(status[n][1] == (FieldStatus.PRESENT if n in counts else FieldStatus.NOT_FOUND)
+           for n in got.feature_names), status
 values = got.to_dict()
-assert values["purchases_1d"][0] > 0 and values["country"][1] is None, values
+assert values["purchases_1d"][0] > 0 and values["purchases_1d"][1] == 0, values
+assert values["country"][1] is None, values
 if sys.argv[2:] == ["pandas"]:
     frame = got.to_pandas()
     assert list(frame["user_id"]) == ["user_000000", "nobody"], frame
