@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -111,6 +111,9 @@ class Prepared:
     rows: int
     now_us: int                            # the time the values are computed at
     as_of: bool = False                    # asked for a past time: rows after it are unknown
+    # filled by `respond`: state of an entity that could not be decoded (its
+    # values in that view are INVALID; every other entity is served)
+    problems: list = field(default_factory=list)
 
 
 def check_manifest(manifest: Manifest) -> None:
@@ -467,14 +470,15 @@ def respond(prepared: Prepared, replies: Replies) -> pb.GetOnlineFeaturesRespons
         names.append(f.name)
         columns[f.ref] = response.results.add()
     for lookup, (rows, tile_replies) in zip(prepared.views, replies, strict=True):
-        newest = _view_columns(lookup, rows, tile_replies, now_us, prepared.as_of, columns)
+        newest = _view_columns(lookup, rows, tile_replies, now_us, prepared.as_of, columns,
+                               prepared.problems)
         response.metadata.freshness.add(view=lookup.view.name, newest_event=newest,
                                         age=now_us - newest if newest else 0)
     return response
 
 
 def _view_columns(lookup: ViewLookup, rows, tile_hashes, now_us: int, as_of: bool,
-                  columns: Mapping[str, pb.FeatureVector]) -> int:
+                  columns: Mapping[str, pb.FeatureVector], problems: list) -> int:
     """Fill the view's columns (`columns` by ref); return the newest event
     time behind them (0: none).
     `rows`: per entity the GET of its row, or, for a view without row
@@ -486,7 +490,13 @@ def _view_columns(lookup: ViewLookup, rows, tile_hashes, now_us: int, as_of: boo
     else:
         found = np.zeros(len(rows), np.bool_)
         known = np.fromiter(map(bool, rows), np.bool_, len(rows))
-    row_ts, values = _decode_rows(lookup, rows, found)
+    row_ts, values, bad = _decode_rows(lookup, rows, found, problems)
+    if bad:   # undecodable rows: INVALID, like every value of those entities in the view
+        invalid = np.zeros(len(rows), np.bool_)
+        invalid[bad] = True
+        found &= ~invalid
+    else:
+        invalid = None
     newest = 0
     if lookup.row_features:
         held = found & (row_ts <= now_us) if as_of else found   # as_of: rows after it unknown
@@ -494,40 +504,47 @@ def _view_columns(lookup: ViewLookup, rows, tile_hashes, now_us: int, as_of: boo
         if ttl is not None:   # a row past its key's life is gone, whether Redis expired it yet
             held &= row_ts > now_us - windows.rows_keep_us(lookup.view)
         expired = held & (row_ts <= now_us - ttl) if ttl is not None else None
-        statuses = _statuses(values, held, expired)   # every row feature at once
+        statuses = _statuses(values, held, expired, invalid)   # every row feature at once
         times = np.where(held, row_ts, 0).tolist()
         for f in lookup.row_features:
             _vector(f, values[:, f.index], statuses[:, f.index], times, columns[f.ref])
         newest = int(row_ts[held].max(initial=0))
     if lookup.aggregations:
-        newest = max(newest, _aggregation_columns(lookup, known, tile_hashes, now_us, columns))
+        newest = max(newest, _aggregation_columns(lookup, known, tile_hashes, now_us, columns,
+                                                  invalid, problems))
     return newest
 
 
-def _decode_rows(lookup: ViewLookup, rows, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Event times (0 where no row) and row-feature values (an object matrix,
-    entity x feature; None where no row)."""
+def _decode_rows(lookup: ViewLookup, rows, found: np.ndarray, problems: list):
+    """Event times (0 where no row), row-feature values (an object matrix,
+    entity x feature; None where no row) and the entities whose row could
+    not be decoded (each a CorruptState in `problems`)."""
     width = len(lookup.view.row_features)
     row_ts = np.zeros(len(rows), np.int64)
     values = np.full((len(rows), width), None, dtype=object)
+    bad: list[int] = []
     if not lookup.row_features:
-        return row_ts, values
+        return row_ts, values, bad
     for i in np.flatnonzero(found):
         try:
             ts, row = layout.decode_row(rows[i])
         except (ValueError, TypeError, IndexError, KeyError) as e:
-            raise CorruptState(lookup.view.name, f"the row of view {lookup.view.name!r} for "
-                               f"entity {lookup.entity_keys[i]!r} is not a row of layout "
-                               f"v{layout.LAYOUT_VERSION} ([event time, values...]): "
-                               f"{type(e).__name__}: {e}") from None
+            problems.append(CorruptState(
+                lookup.view.name, f"the row of view {lookup.view.name!r} for entity "
+                f"{lookup.entity_keys[i]!r} is not a row of layout v{layout.LAYOUT_VERSION} "
+                f"([event time, values...]): {type(e).__name__}: {e}"))
+            bad.append(i)
+            continue
         if len(row) != width:
-            raise CorruptState(lookup.view.name,
-                               f"the row of view {lookup.view.name!r} for entity "
-                               f"{lookup.entity_keys[i]!r} has {len(row)} values; "
-                               f"the view has {width} row features")
+            problems.append(CorruptState(
+                lookup.view.name, f"the row of view {lookup.view.name!r} for entity "
+                f"{lookup.entity_keys[i]!r} has {len(row)} values; the view has {width} "
+                "row features"))
+            bad.append(i)
+            continue
         row_ts[i] = ts
         values[i] = row
-    return row_ts, values
+    return row_ts, values, bad
 
 
 def tile_aggregation(spec: FeatureSpec) -> tiles.Aggregation:
@@ -544,7 +561,8 @@ def tile_aggregation(spec: FeatureSpec) -> tiles.Aggregation:
 
 
 def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, replies, now_us: int,
-                         columns: Mapping[str, pb.FeatureVector]) -> int:
+                         columns: Mapping[str, pb.FeatureVector],
+                         invalid: np.ndarray | None, problems: list) -> int:
     """Fill the window aggregations' columns, from every entity's tiles:
     `replies` per entity are the values of `lookup.tiles.fields` (HMGET), or
     the whole hash (HGETALL) when `fields` is None. Returns the start of the
@@ -560,6 +578,12 @@ def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, replies, now_us:
     else:
         per_entity = _merge_fields(lookup, replies, states_of)
     for i, merged in per_entity:
+        if isinstance(merged, CorruptState):
+            problems.append(merged)
+            if invalid is None:
+                invalid = np.zeros(len(found), np.bool_)
+            invalid[i] = True
+            continue
         has_tiles[i] = True
         for j, (value, start) in enumerate(merged):
             if start is not None:
@@ -568,6 +592,9 @@ def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, replies, now_us:
     # count and count_distinct over no rows are 0 for every entity, seen or
     # not (as the export computes them): a value, never NOT_FOUND
     statuses[:, [agg.empty() is not None for agg in states_of]] = pb.PRESENT
+    if invalid is not None:
+        values[invalid] = None
+        statuses[invalid] = pb.INVALID
     for j, f in enumerate(aggs):
         _vector(f, values[:, j], statuses[:, j], latest[:, j].tolist(), columns[f.ref])
     return int(latest.max(initial=0))
@@ -583,18 +610,28 @@ def _merge_fields(lookup: ViewLookup, replies, states_of):
     for j, (f, members) in enumerate(zip(lookup.aggregations, read.members)):
         windows_of.setdefault(members, []).append((j, f.index, states_of[j].folder()))
     for i, tiles_of in zip(entities, _decode_fields(lookup, replies, entities)):
-        for m, tile in enumerate(tiles_of):
-            if tile is not None and (type(tile) is not list or len(tile) != width):
-                _refuse(lookup, i, starts[m], tile, width)
-        merged = [(None, None)] * len(states_of)
-        for members, users in windows_of.items():   # members: ascending starts
-            present = [tiles_of[m] for m in members if tiles_of[m] is not None]
-            if not present:
-                continue
-            newest = next(starts[m] for m in reversed(members) if tiles_of[m] is not None)
-            columns = list(zip(*present))
-            for j, index, fold in users:
-                merged[j] = (fold(columns[index]), newest)
+        if isinstance(tiles_of, CorruptState):
+            yield i, tiles_of
+            continue
+        try:
+            for m, tile in enumerate(tiles_of):
+                if tile is not None and (type(tile) is not list or len(tile) != width):
+                    _refuse(lookup, i, starts[m], tile, width)
+            merged = [(None, None)] * len(states_of)
+            for members, users in windows_of.items():   # members: ascending starts
+                present = [tiles_of[m] for m in members if tiles_of[m] is not None]
+                if not present:
+                    continue
+                newest = next(starts[m] for m in reversed(members) if tiles_of[m] is not None)
+                columns = list(zip(*present))
+                for j, index, fold in users:
+                    merged[j] = (fold(columns[index]), newest)
+        except CorruptState as e:
+            yield i, e
+            continue
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
+            yield i, _unmergeable(lookup, i, e)
+            continue
         yield i, merged
 
 
@@ -611,10 +648,14 @@ def _decode_fields(lookup: ViewLookup, replies, entities: list[int]):
                                 for i in chunk) + b"]"
         try:
             yield from json.loads(text)
-        except ValueError as e:
-            raise CorruptState(lookup.view.name,
-                               f"the tiles of view {lookup.view.name!r} are not valid JSON "
-                               f"(entities {_names(lookup, chunk)}): {e}") from None
+        except ValueError:   # one bad value: decode the chunk's entities one by one
+            for i in chunk:
+                try:
+                    yield json.loads(b"[" + b",".join([v or b"null" for v in replies[i]]) + b"]")
+                except ValueError as e:
+                    yield CorruptState(lookup.view.name,
+                                       f"the tiles of view {lookup.view.name!r} for entity "
+                                       f"{lookup.entity_keys[i]!r} are not valid JSON: {e}")
 
 
 def _merge_hashes(lookup: ViewLookup, replies, states_of, now_us: int):
@@ -623,22 +664,31 @@ def _merge_hashes(lookup: ViewLookup, replies, states_of, now_us: int):
     for i, raw in enumerate(replies):
         if not raw:
             continue
-        starts, states = _decode_tiles(lookup, i, {f: v for f, v in raw.items() if b":" not in f})
-        per_aggregation = list(zip(*states))  # one column of states per aggregation
-        merged = []
-        for f, agg, lower in zip(lookup.aggregations, states_of, lookup.tiles.lowers):
-            window = windows.window_slice(starts, now_us, lower)
-            if window.start < window.stop:
-                merged.append((agg.value(agg.merge(per_aggregation[f.index][window])),
-                               starts[window.stop - 1]))
-            else:
-                merged.append((None, None))
+        try:
+            starts, states = _decode_tiles(lookup, i,
+                                           {f: v for f, v in raw.items() if b":" not in f})
+            per_aggregation = list(zip(*states))  # one column of states per aggregation
+            merged = []
+            for f, agg, lower in zip(lookup.aggregations, states_of, lookup.tiles.lowers):
+                window = windows.window_slice(starts, now_us, lower)
+                if window.start < window.stop:
+                    merged.append((agg.value(agg.merge(per_aggregation[f.index][window])),
+                                   starts[window.stop - 1]))
+                else:
+                    merged.append((None, None))
+        except CorruptState as e:
+            yield i, e
+            continue
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
+            yield i, _unmergeable(lookup, i, e)
+            continue
         yield i, merged
 
 
-def _names(lookup: ViewLookup, entities: list[int]) -> str:
-    shown = [repr(lookup.entity_keys[i]) for i in entities[:3]]
-    return ", ".join(shown) + (f" and {len(entities) - 3} more" if len(entities) > 3 else "")
+def _unmergeable(lookup: ViewLookup, i: int, e: Exception) -> CorruptState:
+    return CorruptState(lookup.view.name, f"the tiles of view {lookup.view.name!r} for entity "
+                                          f"{lookup.entity_keys[i]!r} do not merge as its "
+                                          f"states: {type(e).__name__}: {e}")
 
 
 def _refuse(lookup: ViewLookup, i: int, start: int, state, width: int):
@@ -667,14 +717,18 @@ def _decode_tiles(lookup: ViewLookup, i: int,
 
 
 def _statuses(values: np.ndarray, exists: np.ndarray,
-              expired: np.ndarray | None = None) -> np.ndarray:
-    """One FieldStatus per slot of `values` (entity x feature): NOT_FOUND
-    where the entity does not exist, else OUTSIDE_MAX_AGE where expired, else
-    NULL_VALUE where the value is null, else PRESENT."""
+              expired: np.ndarray | None = None,
+              invalid: np.ndarray | None = None) -> np.ndarray:
+    """One FieldStatus per slot of `values` (entity x feature): INVALID where
+    the entity's state could not be decoded, else NOT_FOUND where the entity
+    does not exist, else OUTSIDE_MAX_AGE where expired, else NULL_VALUE where
+    the value is null, else PRESENT."""
     entity = np.full(len(exists), pb.PRESENT, np.int32)
     if expired is not None:
         entity[expired] = pb.OUTSIDE_MAX_AGE
     entity[~exists] = pb.NOT_FOUND
+    if invalid is not None:
+        entity[invalid] = pb.INVALID
     status = np.repeat(entity[:, None], values.shape[1], axis=1)
     status[np.equal(values, None) & (status == pb.PRESENT)] = pb.NULL_VALUE
     return status

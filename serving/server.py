@@ -354,6 +354,8 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
             else:
                 response = await asyncio.get_running_loop().run_in_executor(
                     self._merger, lookup.respond, prepared, replies)
+            if prepared.problems:
+                self._report(prepared.problems)
             if self.metrics is not None:
                 self.metrics.observe(prepared, response)
             return response
@@ -364,6 +366,18 @@ class FeatureServicer(serving_pb2_grpc.ServingServiceServicer):
             raise LookupFailed(grpc.StatusCode.INTERNAL, str(e)) from None
         finally:
             self._pending -= rows
+
+    def _report(self, problems: list) -> None:
+        """State that could not be decoded: its entities' values were served
+        INVALID (the others were served); logged, and counted per view."""
+        for problem in problems[:3]:
+            log.error("%s (served INVALID)", problem)
+        if len(problems) > 3:
+            log.error("... and %d more entities whose state could not be decoded",
+                      len(problems) - 3)
+        if self.metrics is not None:
+            for problem in problems:
+                self.metrics.corrupt.labels(problem.view).inc()
 
     def views_of(self, service: str) -> set[str] | None:
         """The views a feature service reads (None: no such service)."""
@@ -469,8 +483,9 @@ class _Metrics:
         self.registry = CollectorRegistry()
         self.interceptor = interceptors.MetricsInterceptor(self.registry)
         self.corrupt = Counter("featurestore_corrupt_values",
-                               "lookups failed INTERNAL: a value in Redis the server cannot "
-                               "decode", ["view"], registry=self.registry)
+                               "state in Redis the server cannot decode: per entity served "
+                               "INVALID (or a lookup failed INTERNAL)", ["view"],
+                               registry=self.registry)
         self.written = Gauge("featurestore_view_written",
                              "1 when Redis holds a materialization of the view version served, "
                              "0 when it holds none (an empty or another Redis)", ["view"],

@@ -69,6 +69,17 @@ def test_each_aggregation_merges_the_tiles_of_its_window():
     (b"7", "has 7; the view has 5 states"),
     (b"[1,", "are not valid JSON"),
 ])
-def test_tiles_that_do_not_match_the_view_are_refused(raw, message):
-    with pytest.raises(lookup.CorruptState, match=message):
-        _respond([{layout.tile_field(FLOOR): raw}])
+def test_tiles_that_do_not_match_the_view_are_invalid_for_their_entity_only(raw, message):
+    good = dict([_tile(FLOOR, [(FLOOR + 1, 2.5, "b")])])
+    request = pb.GetOnlineFeaturesRequest(feature_service="s")
+    request.entities["user_id"].string_list.values.extend(["bad", "good"])
+    prepared = lookup.prepare(MANIFEST, request, NOW)
+    fields = prepared.views[0].tiles.fields
+    hashes = [[h.get(f) for f in fields] for h in ({layout.tile_field(FLOOR): raw}, good)]
+    response = lookup.respond(prepared, [([None, None], hashes)])
+    [problem] = prepared.problems
+    assert problem.view == "v" and "'bad'" in str(problem) and message in str(problem)
+    for column in response.results[1:]:   # the other entity is served as ever
+        assert list(column.statuses)[0] == pb.INVALID
+        assert list(column.statuses)[1] in (pb.PRESENT, pb.NULL_VALUE)
+    assert list(response.results[1].values.int64_list.values)[0] == 0   # INVALID: zero

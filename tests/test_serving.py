@@ -326,12 +326,12 @@ def test_a_request_naming_nothing_is_invalid(server):
     assert "empty request: set feature_service or features" in caught.value.details()
 
 
-def test_state_that_does_not_match_the_view_is_internal(client, r):
+def test_state_that_does_not_match_the_view_is_invalid_for_that_entity(client, r):
     put_row(r, USER_PROFILE, ["u1"], NOW, ["DE", 41])  # two values, the view has five
-    with pytest.raises(grpc.RpcError) as caught:
-        client.get_online_features(["user_profile:age"], entities={"user_id": ["u1"]})
-    assert caught.value.code() == grpc.StatusCode.INTERNAL
-    assert "the row of view 'user_profile' for entity 'u1' has 2 values" in caught.value.details()
+    put_row(r, USER_PROFILE, ["u2"], NOW, ["FR", 7, 0.5, True, 0])
+    got = client.get_online_features(["user_profile:age"], entities={"user_id": ["u1", "u2"]})
+    assert list(got.statuses["age"]) == [FieldStatus.INVALID, FieldStatus.PRESENT]
+    assert got.to_dict()["age"] == [None, 7]
 
 
 def test_manifest_with_unservable_features_is_refused():

@@ -112,7 +112,8 @@ def test_tls(loop, stored, tmp_path):
                 grpc.StatusCode.UNAVAILABLE
 
 
-def test_an_undecodable_value_is_internal_naming_view_and_entity_and_counted(loop, stored):
+def test_an_undecodable_value_is_invalid_for_its_entity_named_and_counted(loop, stored,
+                                                                         caplog):
     from featurestore import layout
 
     with contextlib.closing(redis.Redis.from_url(stored)) as r:
@@ -121,15 +122,15 @@ def test_an_undecodable_value_is_internal_naming_view_and_entity_and_counted(loo
               b"[1795897281692761,toys,1,2,3]")
     with running(loop, stored, metrics_port=0) as server:
         with FeatureClient(f"localhost:{server.port}") as client:
-            code, details = code_of(lambda: client.get_online_features(
-                ["user_profile:country"], entities={"user_id": ["u1", "u2"]}))
-            assert code == grpc.StatusCode.INTERNAL
-            assert "the row of view 'user_profile' for entity 'u2' is not a row of layout v3" \
-                in details
-            assert client.get_online_features(**ASK).to_dict()["country"] == ["DE"]
+            got = client.get_online_features(["user_profile:country"],
+                                              entities={"user_id": ["u1", "u2"]})
+            assert got.to_dict()["country"] == ["DE", None]
+            assert [int(s) for s in got.statuses["country"]] == [1, 0]   # PRESENT, INVALID
         text = scrape_until(server.metrics_port,
                             'featurestore_corrupt_values_total{view="user_profile"} 1.0')
     assert 'featurestore_corrupt_values_total{view="user_profile"} 1.0' in text
+    assert "the row of view 'user_profile' for entity 'u2' is not a row of layout v3" \
+        in caplog.text
 
 
 def test_a_view_redis_holds_nothing_of_is_reported(loop, redis_url):
