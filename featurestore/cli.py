@@ -355,6 +355,12 @@ def cmd_import_feast(args) -> None:
     say(import_feast(Path(args.feast_repo), Path(args.out) if args.out else None).render())
 
 
+def cmd_status(args) -> None:
+    from featurestore import repo
+
+    repo.status(_cfg(args), say)
+
+
 def cmd_gc(args) -> None:
     from featurestore import repo
 
@@ -465,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb("quickstart", cmd_quickstart, "run the whole pipeline on generated data", repo=False)
     s.add_argument("dir", nargs="?", default="quickstart", help="folder for the example repo")
     s.add_argument("--events", type=int, default=1_000_000)
+    verb("status", cmd_status, "per view: the last materialization, the stream's writes, "
+                               "drops and held updates; the server's health")
     s = verb("import-feast", cmd_import_feast, "write a feature repo from a Feast repo's "
                                                "registry (after `feast apply`)", repo=False)
     s.add_argument("feast_repo", help="the Feast repo (the folder of its feature_store.yaml)")

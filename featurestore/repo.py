@@ -209,6 +209,91 @@ def _unlink(r, batch: list, dry_run: bool) -> int:
     return n
 
 
+def status(cfg: RepoConfig, say: Say, now_us: int | None = None) -> None:
+    """Per view: what Redis holds of the version applied (the last batch
+    run, the stream's writes, its drops and held updates), and what a
+    server at the configured address reports."""
+    import datetime as dt
+    import time
+
+    import redis
+
+    from featurestore import layout
+
+    manifest = load_manifest(cfg)
+    if manifest is None:
+        raise UserError("the repo has not been applied: run `featurestore apply` first")
+    now_us = time.time_ns() // 1000 if now_us is None else now_us
+
+    def when(us: int) -> str:
+        at = dt.datetime.fromtimestamp(us / 1e6, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        age = (now_us - us) / 1e6
+        ago = (f"{age:.0f} s" if abs(age) < 120 else f"{age / 60:.0f} min" if abs(age) < 7200
+               else f"{age / 3600:.1f} h")
+        return f"{at} ({ago} ago)"
+
+    url = cfg.redis_url
+    if url is None:
+        running = redis_local.find_running(cfg.local_redis_dir)
+        url = running.url if running else None
+    if url is None:
+        say(f"project {cfg.project}: no Redis configured and the private redis-server is "
+            "not running (`featurestore materialize` starts it)")
+        return
+    try:
+        with redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0) as r:
+            say(f"project {cfg.project}, Redis at {mask_url(url)}")
+            for name, view in sorted(manifest.views.items()):
+                fp = view.fingerprint
+                mark = layout.decode_watermark(r.get(layout.watermark_key(cfg.project, name, fp)))
+                live = r.get(layout.live_key(cfg.project, name, fp))
+                drops = layout.dropped_totals(r.hgetall(layout.dropped_key(cfg.project, name, fp)))
+                held = r.hlen(layout.deferred_key(cfg.project, name, fp))
+                parts = []
+                if mark is not None:
+                    parts.append(f"materialized up to {when(mark)}")
+                if live is not None:
+                    import json
+
+                    parts.append(f"written by the stream since {when(json.loads(live)['since_us'])}")
+                if drops:
+                    parts.append("the stream dropped " + ", ".join(
+                        f"{n:,} {reason}" for reason, n in sorted(drops.items())))
+                if held:
+                    parts.append(f"{held:,} stream update(s) held until their time")
+                if not (mark is not None or live is not None):
+                    older = [v.fingerprint for v in manifest.previous.get(name, ())]
+                    parts.append("NOT written: run `featurestore materialize --views "
+                                 f"{name}` (or the stream)"
+                                 + (f"; servers read its previous version {older[0]}"
+                                    if older else ""))
+                say(f"  {name} (version {fp}): " + "; ".join(parts))
+    except (redis.RedisError, OSError) as e:
+        raise ServiceError(f"Redis at {mask_url(url)} did not answer: {e}") from None
+    _server_status(cfg, manifest, say)
+
+
+def _server_status(cfg: RepoConfig, manifest, say: Say) -> None:
+    """What a server at the configured address says about its health."""
+    try:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+    except ModuleNotFoundError:
+        return
+    target = f"{cfg.serving.host}:{cfg.serving.port}"
+    names = ["", *(f"view:{v}" for v in sorted(manifest.views))]
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            got = [health_pb2.HealthCheckResponse.ServingStatus.Name(stub.Check(
+                health_pb2.HealthCheckRequest(service=n), timeout=2).status) for n in names]
+        except grpc.RpcError as e:
+            say(f"server at {target}: no answer ({e.code().name})")
+            return
+    views = ", ".join(f"{n[5:]} {g}" for n, g in zip(names[1:], got) if g != "SERVING")
+    say(f"server at {target}: {got[0]}" + (f"; views not written: {views}" if views else ""))
+
+
 def load_manifest(cfg: RepoConfig):
     """The serving manifest `apply` last wrote, or None."""
     from featurestore.manifest import Manifest
