@@ -233,6 +233,10 @@ def cmd_serve(args) -> None:
     options = ServerOptions.from_config(cfg, metrics_port=args.metrics_port)
     if args.http_port is not None:
         options = dataclasses.replace(options, http_port=args.http_port)
+    if args.log_format is not None:
+        options = dataclasses.replace(options, log_format=args.log_format)
+    if args.access_log:
+        options = dataclasses.replace(options, access_log=True)
     workers = args.workers or cfg.serving.workers or default_workers()
     if workers < 1:
         raise UserError(f"--workers must be at least 1, not {workers}")
@@ -433,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--metrics-port", type=int, help="expose Prometheus /metrics on this port")
+    s.add_argument("--log-format", choices=("text", "json"),
+                   help="text, or JSON lines with request ids (default: serving.log_format)")
+    s.add_argument("--access-log", action="store_true", help="a log line per call")
     s.add_argument("--http-port", type=int,
                    help="also serve Feast's HTTP API (POST /get-online-features) on this port "
                         "(default: serving.http_port, else off)")

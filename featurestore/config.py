@@ -15,6 +15,8 @@
       tls_key: certs/server.key
       tls_client_ca: certs/ca.pem       # optional: mutual TLS, clients need a cert it signed
       http_port: 6567                   # optional: Feast's HTTP API, POST /get-online-features
+      log_format: text                  # or json: one JSON object per line, with request ids
+      access_log: false                 # true: one log line per call
       metrics_port: 9464                # optional: Prometheus /metrics
       max_entities: 10000               # entity rows per request
       max_request_bytes: 4194304
@@ -42,7 +44,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -74,6 +76,8 @@ class Serving(_Section):
     tls_key: Optional[str] = None
     tls_client_ca: Optional[str] = None         # with it, clients need a certificate it signed
     http_port: Optional[int] = Field(None, ge=0, le=65535)   # Feast's HTTP API (serving.http_api)
+    log_format: Literal["text", "json"] = "text"              # serving.logs
+    access_log: bool = False                                  # a log line per call
     metrics_port: Optional[int] = Field(None, ge=0, le=65535)
     max_entities: int = Field(10_000, ge=1)
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)

@@ -40,7 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from featurestore import config, layout
 from featurestore.manifest import Manifest
 from featurestore.errors import ServiceError
-from serving import auth, feast_api, interceptors, lookup
+from serving import auth, feast_api, interceptors, logs, lookup
 from serving.versions import Versions
 from serving.v1 import serving_pb2, serving_pb2_grpc
 
@@ -88,6 +88,8 @@ class ServerOptions:
     tls_client_ca     PEM: mutual TLS, clients need a certificate it signed
     http_port         Feast's HTTP API (`serving.http_api`) on this port (0: a
                       free one; None: off)
+    log_format        "text" or "json" (`serving.logs`)
+    access_log        one log line per call
     metrics_port      Prometheus /metrics on this port (0: a free one; None: off)
     max_request_bytes larger requests are refused by gRPC (RESOURCE_EXHAUSTED)
     max_entities      more entity rows in one request get INVALID_ARGUMENT
@@ -104,6 +106,8 @@ class ServerOptions:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     http_port: int | None = None
+    log_format: str = _DEFAULTS.log_format
+    access_log: bool = _DEFAULTS.access_log
     metrics_port: int | None = None
     max_request_bytes: int = _DEFAULTS.max_request_bytes
     max_entities: int = _DEFAULTS.max_entities
@@ -123,6 +127,7 @@ class ServerOptions:
         return cls(api_keys=s.api_keys, api_keys_file=path(s.api_keys_file),
                    tls_cert=path(s.tls_cert), tls_key=path(s.tls_key),
                    tls_client_ca=path(s.tls_client_ca), http_port=s.http_port,
+                   log_format=s.log_format, access_log=s.access_log,
                    metrics_port=s.metrics_port if metrics_port is None else metrics_port,
                    max_request_bytes=s.max_request_bytes, max_entities=s.max_entities,
                    max_pending_rows=s.max_pending_rows,
@@ -539,6 +544,7 @@ def _grpc_server(options: ServerOptions, metrics: _Metrics | None, reuse_port: b
     chain: list = []
     if metrics:  # first, so refused calls are counted too
         chain.append(metrics.interceptor)
+    chain.append(logs.RequestIdInterceptor(options.access_log))
     if auth is not None:
         chain.append(auth)
     chain.append(interceptors.DecodeInterceptor())   # innermost: the others see its decoder
@@ -637,19 +643,13 @@ def serve(manifest_path: str | Path, redis_url: str, host: str = "127.0.0.1",
     (`serving.workers`)."""
     from serving import workers as pool
 
-    _configure_logging()
     options = options or ServerOptions()
+    logs.configure(options.log_format)
     if workers > 1:
         pool.serve(str(manifest_path), redis_url, host, port, options, workers)
         return
     port = pool.claim(host, port)   # a taken port is one message, not a bind traceback
     asyncio.run(serve_until_signalled(manifest_path, redis_url, host, port, options))
-
-
-def _configure_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 async def serve_until_signalled(manifest_path: str | Path, redis_url: str, host: str, port: int,

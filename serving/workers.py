@@ -134,11 +134,11 @@ def _worker_main(manifest_path: str, redis_url: str, host: str, port: int, optio
                  name: str, ready) -> None:
     import asyncio
 
-    from serving import server
+    from serving import logs, server
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     _stop_with_parent()
-    server._configure_logging()
+    logs.configure(options.log_format)
     asyncio.run(server.serve_until_signalled(manifest_path, redis_url, host, port, options,
                                              worker=name, on_ready=ready.set))
 
