@@ -609,31 +609,24 @@ def _merge_fields(lookup: ViewLookup, replies, states_of):
     windows_of = {}  # per distinct window: the aggregations that read it
     for j, (f, members) in enumerate(zip(lookup.aggregations, read.members)):
         windows_of.setdefault(members, []).append((j, f.index, states_of[j].folder()))
-    for i, tiles_of in zip(entities, _decode_fields(lookup, replies, entities)):
-        if isinstance(tiles_of, CorruptState):
-            yield i, tiles_of
-            continue
-        try:
-            for m, tile in enumerate(tiles_of):
-                if tile is not None and (type(tile) is not list or len(tile) != width):
-                    _refuse(lookup, i, starts[m], tile, width)
-            merged = [(None, None)] * len(states_of)
-            for members, users in windows_of.items():   # members: ascending starts
-                present = [tiles_of[m] for m in members if tiles_of[m] is not None]
-                if not present:
-                    continue
-                newest = next(starts[m] for m in reversed(members) if tiles_of[m] is not None)
-                columns = list(zip(*present))
-                for j, index, fold in users:
-                    merged[j] = (fold(columns[index]), newest)
-        except CorruptState as e:
-            yield i, e
-            continue
-        except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
-            yield i, _unmergeable(lookup, i, e)
-            continue
-        yield i, merged
+    def merge(i: int, tiles_of: list) -> list:
+        for m, tile in enumerate(tiles_of):
+            if tile is not None and (type(tile) is not list or len(tile) != width):
+                _refuse(lookup, i, starts[m], tile, width)
+        merged = [(None, None)] * len(states_of)
+        for members, users in windows_of.items():   # members: ascending starts
+            present = [tiles_of[m] for m in members if tiles_of[m] is not None]
+            if not present:
+                continue
+            newest = next(starts[m] for m in reversed(members) if tiles_of[m] is not None)
+            columns = list(zip(*present))
+            for j, index, fold in users:
+                merged[j] = (fold(columns[index]), newest)
+        return merged
 
+    for i, tiles_of in zip(entities, _decode_fields(lookup, replies, entities)):
+        yield i, (tiles_of if isinstance(tiles_of, CorruptState) else
+                  _guarded(lookup, i, merge, tiles_of))
 
 DECODE_CHUNK = 64   # entities per JSON parse: a parse holds the GIL throughout
 
@@ -661,34 +654,34 @@ def _decode_fields(lookup: ViewLookup, replies, entities: list[int]):
 def _merge_hashes(lookup: ViewLookup, replies, states_of, now_us: int):
     """As `_merge_fields`, from whole hashes: the view's own tiles (rollups
     are left out) from each window's lower edge to now."""
+    def merge(i: int, raw: dict) -> list:
+        starts, states = _decode_tiles(lookup, i, {f: v for f, v in raw.items() if b":" not in f})
+        per_aggregation = list(zip(*states))  # one column of states per aggregation
+        merged = []
+        for f, agg, lower in zip(lookup.aggregations, states_of, lookup.tiles.lowers):
+            window = windows.window_slice(starts, now_us, lower)
+            if window.start < window.stop:
+                merged.append((agg.value(agg.merge(per_aggregation[f.index][window])),
+                               starts[window.stop - 1]))
+            else:
+                merged.append((None, None))
+        return merged
+
     for i, raw in enumerate(replies):
-        if not raw:
-            continue
-        try:
-            starts, states = _decode_tiles(lookup, i,
-                                           {f: v for f, v in raw.items() if b":" not in f})
-            per_aggregation = list(zip(*states))  # one column of states per aggregation
-            merged = []
-            for f, agg, lower in zip(lookup.aggregations, states_of, lookup.tiles.lowers):
-                window = windows.window_slice(starts, now_us, lower)
-                if window.start < window.stop:
-                    merged.append((agg.value(agg.merge(per_aggregation[f.index][window])),
-                                   starts[window.stop - 1]))
-                else:
-                    merged.append((None, None))
-        except CorruptState as e:
-            yield i, e
-            continue
-        except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
-            yield i, _unmergeable(lookup, i, e)
-            continue
-        yield i, merged
+        if raw:
+            yield i, _guarded(lookup, i, merge, raw)
 
-
-def _unmergeable(lookup: ViewLookup, i: int, e: Exception) -> CorruptState:
-    return CorruptState(lookup.view.name, f"the tiles of view {lookup.view.name!r} for entity "
-                                          f"{lookup.entity_keys[i]!r} do not merge as its "
-                                          f"states: {type(e).__name__}: {e}")
+def _guarded(lookup: ViewLookup, i: int, merge, tiles):
+    """`merge(i, tiles)`, or the CorruptState that says why entity i's tiles
+    cannot be merged (the caller serves that entity INVALID)."""
+    try:
+        return merge(i, tiles)
+    except CorruptState as e:
+        return e
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
+        return CorruptState(lookup.view.name, f"the tiles of view {lookup.view.name!r} for "
+                                              f"entity {lookup.entity_keys[i]!r} do not merge "
+                                              f"as its states: {type(e).__name__}: {e}")
 
 
 def _refuse(lookup: ViewLookup, i: int, start: int, state, width: int):

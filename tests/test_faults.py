@@ -22,6 +22,7 @@ from serving.client import FeatureClient
 from serving.server import start_server
 from test_serving import MANIFEST, MERCHANT_RISK, NOW, put_row
 from test_serving_options import loop  # noqa: F401  (a fixture)
+from tests.serving_process import serving
 
 ALLOWED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
@@ -139,32 +140,16 @@ def test_a_minute_of_load_keeps_the_server_s_memory_flat(redis_url, tmp_path):
     (repo / "featurestore.yaml").write_text(
         f"project: shop\nonline_store:\n  url: {redis_url}\nserving:\n  port: {port}\n")
     assert cli(["apply", "--repo", str(repo)]) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "featurestore.cli", "serve", "--repo",
-                             str(repo), "--workers", "1"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-    def rss_mb() -> float:
-        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmRSS")
-
     samples, stop = [], threading.Event()
-    try:
-        target = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        with FeatureClient(target) as client:
-            while True:
-                assert time.monotonic() < deadline and proc.poll() is None
-                try:
-                    if client.health() == "SERVING":
-                        break
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
+    with serving(repo, port, "--workers", "1") as served:
+        status = Path(f"/proc/{served.proc.pid}/status")
+
+        def rss_mb() -> float:
+            line = next(x for x in status.read_text().splitlines() if x.startswith("VmRSS:"))
+            return int(line.split()[1]) / 1024
 
         def load(seed: int):
-            with FeatureClient(target, timeout=5) as client:
+            with FeatureClient(served.target, timeout=5) as client:
                 n = 0
                 while not stop.is_set():
                     n += 1
@@ -182,9 +167,6 @@ def test_a_minute_of_load_keeps_the_server_s_memory_flat(redis_url, tmp_path):
         stop.set()
         for t in threads:
             t.join()
-        assert proc.poll() is None
-    finally:
-        proc.terminate()
-        proc.wait(20)
+        assert served.proc.poll() is None
     settled = [mb for at, mb in samples if at >= 10]
     assert max(settled) - settled[0] < 40, samples

@@ -4,7 +4,6 @@ decode answered INVALID_ARGUMENT: a real server on a loopback port."""
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from serving.server import ServerOptions, start_server
 from serving.v1 import serving_pb2 as pb
 from test_serving import MANIFEST, NOW
 from test_serving_options import code_of, loop, running, stored  # noqa: F401  (fixtures)
+from tests.serving_process import serving
 
 ASK = dict(features=["user_profile:country"], entities={"user_id": ["u1"]})
 METHOD = "/featurestore.serving.v1.ServingService/GetOnlineFeatures"
@@ -134,32 +134,18 @@ def test_sighup_rereads_the_keys_without_dropping_connections(stored, tmp_path):
     (repo / "featurestore.yaml").write_text(
         f"project: shop\nonline_store:\n  url: {stored}\nserving:\n  port: {port}\n"
         f"  api_keys_file: {keys}\n  reload_interval: 3600\n")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     applied = subprocess.run([sys.executable, "-m", "featurestore.cli", "apply", "--repo",
-                              str(repo)], capture_output=True, text=True, env=env)
+                              str(repo)], capture_output=True, text=True)
     assert applied.returncode == 0, applied.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "featurestore.cli", "serve", "--repo",
-                             str(repo), "--workers", "1"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env, text=True)
-    try:
-        target = f"127.0.0.1:{port}"
-        with FeatureClient(target, api_key="first") as first, \
-                FeatureClient(target, api_key="second") as second:
-            deadline = time.monotonic() + 60
-            while True:
-                assert time.monotonic() < deadline and proc.poll() is None, proc.poll()
-                try:
-                    if first.health() == "SERVING":
-                        break
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
+    with serving(repo, port, "--workers", "1") as served:
+        with FeatureClient(served.target, api_key="first") as first, \
+                FeatureClient(served.target, api_key="second") as second:
             request = dict(features=["user_spend:purchases_1h"], entities={"user_id": ["u1"]})
             first.get_online_features(**request)
             assert code_of(lambda: second.get_online_features(**request))[0] == \
                 grpc.StatusCode.UNAUTHENTICATED
             _keys_file(keys, [{"name": "a", "key": "first"}, {"name": "b", "key": "second"}])
-            proc.send_signal(signal.SIGHUP)
+            served.proc.send_signal(signal.SIGHUP)
             deadline = time.monotonic() + 10
             while True:
                 try:
@@ -169,10 +155,8 @@ def test_sighup_rereads_the_keys_without_dropping_connections(stored, tmp_path):
                     assert time.monotonic() < deadline, "SIGHUP did not reload the keys"
                     time.sleep(0.1)
             first.get_online_features(**request)      # the same channel as before SIGHUP
-            assert proc.poll() is None
-    finally:
-        proc.terminate()
-        out = proc.communicate(timeout=20)[0]
+            assert served.proc.poll() is None
+    out = served.output
     assert "API keys reloaded" in out
 
 
