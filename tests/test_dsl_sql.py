@@ -333,7 +333,6 @@ def test_duckdb_values(duckdb_rows, dsl, duckdb_sql, flink_sql, values):
 def flink_values() -> dict[str, tuple]:
     """Every row's values in Flink, from one query over the samples in a
     batch TableEnvironment (UTC, as the job runs)."""
-    pytest.importorskip("pyflink")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     from pyflink.common import Configuration
     from pyflink.table import DataTypes, EnvironmentSettings, TableEnvironment

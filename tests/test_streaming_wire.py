@@ -24,8 +24,6 @@ from featurestore import tiles
 from streaming import flink_sql, flink_states, sink, wire
 from streaming.flink_expr import ident
 
-pytest.importorskip("pyflink")
-
 MIN, HOUR = 60_000_000, 3_600_000_000
 TILE = 5 * MIN
 T = 1_700_000_000_000_000 // TILE * TILE        # a tile start
