@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 import grpc
 import hiredis
@@ -169,7 +168,7 @@ class OnlineStore:
         self._slots = asyncio.Semaphore(connections)  # bounds the connection pool
         self._health = health
         self._up: bool | None = None
-        self.location = _without_credentials(redis_url)
+        self.location = config.mask_url(redis_url)
         self.timed = None   # a Prometheus histogram of round trips, when metrics are on
 
     async def read(self, prepared: lookup.Prepared,
@@ -672,7 +671,7 @@ async def serve_until_signalled(manifest_path: str | Path, redis_url: str, host:
     log.info("%sserving project %r (%d views, %d services) on %s%s from Redis at %s%s%s%s",
              f"{worker}: " if worker else "", manifest.project, len(manifest.views),
              len(manifest.services), running.address, " (TLS)" if options.tls_cert else "",
-             _without_credentials(redis_url),
+             config.mask_url(redis_url),
              f"; metrics on :{running.metrics_port}/metrics" if running.metrics_port else "",
              f"; Feast's HTTP API on :{running.http_port}" if running.http_port else "",
              "; API keys required" if running.keys.enabled else "")
@@ -686,11 +685,6 @@ async def serve_until_signalled(manifest_path: str | Path, redis_url: str, host:
 
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 def main(argv: list[str] | None = None) -> None:
