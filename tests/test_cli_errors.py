@@ -17,6 +17,7 @@ from featurestore.cli import main as cli
 from featurestore.manifest import Manifest
 from serving.client import FeatureClient
 from serving.server import start_server
+from tests.repos import template_repo, use_redis
 
 
 def run(*args, cwd=None, block: str | None = None):
@@ -41,19 +42,14 @@ def one_line(p: subprocess.CompletedProcess) -> str:
 @pytest.fixture
 def shop(tmp_path):
     """The template repo with a little data, applied."""
-    root = tmp_path / "shop"
-    assert cli(["init", str(root)]) == 0
-    subprocess.run([sys.executable, "generate_data.py", "--events", "2000", "--days", "2"],
-                   cwd=root, check=True, capture_output=True)
+    root = template_repo(tmp_path / "shop", "--events", "2000", "--days", "2")
     assert cli(["apply", "--repo", str(root)]) == 0
     return root
 
 
 @pytest.fixture
 def shop_on_redis(shop, redis_url):
-    text = (shop / "featurestore.yaml").read_text()
-    (shop / "featurestore.yaml").write_text(
-        text.replace("  # url: redis://localhost:6379/0", f"  url: {redis_url}"))
+    use_redis(shop, redis_url)
     assert config.load(shop).redis_url == redis_url
     return shop
 
@@ -89,9 +85,7 @@ def test_get_without_target_on_a_client_only_install(shop):
 
 def test_materialize_when_redis_is_down(shop):
     port = redis_local.free_port()
-    text = (shop / "featurestore.yaml").read_text()
-    (shop / "featurestore.yaml").write_text(
-        text.replace("  # url: redis://localhost:6379/0", f"  url: redis://127.0.0.1:{port}/0"))
+    use_redis(shop, f"redis://127.0.0.1:{port}/0")
     line = one_line(run("materialize", cwd=shop))
     assert f"error: Redis at redis://127.0.0.1:{port}/0 failed" in line
     assert "Connection refused" in line

@@ -22,6 +22,7 @@ from serving.client import FeatureClient
 from serving.server import start_server
 from test_serving import MANIFEST, MERCHANT_RISK, NOW, put_row
 from test_serving_options import loop  # noqa: F401  (a fixture)
+from tests.repos import template_repo, use_redis
 from tests.serving_process import serving
 
 ALLOWED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -86,11 +87,8 @@ def test_redis_killed_and_restarted_under_load(loop, tmp_path):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def shop_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shop") / "shop"
-    assert cli(["init", str(root)]) == 0
-    subprocess.run([sys.executable, "generate_data.py", "--events", "400000", "--days", "3",
-                    "--end", "2026-01-01T00:00:00"], cwd=root, check=True, capture_output=True)
-    return root
+    return template_repo(tmp_path_factory.mktemp("shop") / "shop", "--events", "400000",
+                         "--days", "3", "--end", "2026-01-01T00:00:00")
 
 
 def _contents(url: str) -> dict:
@@ -106,9 +104,7 @@ def test_materialize_killed_then_run_again_leaves_what_a_clean_run_does(shop_dat
                                                                         redis_url):
     root = tmp_path / "shop"
     shutil.copytree(shop_data, root)
-    (root / "featurestore.yaml").write_text(
-        (root / "featurestore.yaml").read_text().replace(
-            "  # url: redis://localhost:6379/0", f"  url: {redis_url}"))
+    use_redis(root, redis_url)
     repo = ["--repo", str(root)]
     assert cli(["apply", *repo]) == 0
     end = ["--end", "2026-01-01T00:00:00"]

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import math
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -18,6 +16,7 @@ from featurestore.cli import main as cli
 from featurestore.manifest import Manifest
 from serving.client import FeatureClient
 from serving.server import start_server
+from tests.repos import template_repo, use_redis
 
 FEATURES = ["user_spend:purchases_1h", "user_spend:spend_1h", "user_spend:purchases_1d",
             "user_spend:spend_1d", "user_spend:avg_amount_1d", "user_spend:max_amount_1d",
@@ -27,20 +26,15 @@ FEATURES = ["user_spend:purchases_1h", "user_spend:spend_1h", "user_spend:purcha
 
 @pytest.fixture(scope="module")
 def shop_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shop") / "shop"
-    assert cli(["init", str(root)]) == 0
-    subprocess.run([sys.executable, "generate_data.py", "--events", "5000", "--days", "2",
-                    "--users", "300"], cwd=root, check=True, capture_output=True)
-    return root
+    return template_repo(tmp_path_factory.mktemp("shop") / "shop", "--events", "5000",
+                         "--days", "2", "--users", "300")
 
 
 @pytest.fixture
 def shop(shop_data, tmp_path, redis_url):
     root = tmp_path / "shop"
     shutil.copytree(shop_data, root)
-    text = (root / "featurestore.yaml").read_text()
-    (root / "featurestore.yaml").write_text(
-        text.replace("  # url: redis://localhost:6379/0", f"  url: {redis_url}"))
+    use_redis(root, redis_url)
     assert cli(["apply", "--repo", str(root)]) == 0
     assert cli(["materialize", "--repo", str(root)]) == 0
     return root

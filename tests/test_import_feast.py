@@ -17,6 +17,7 @@ from featurestore.cli import main as cli
 from featurestore.manifest import Manifest
 from serving.client import FeatureClient
 from serving.server import start_server
+from tests.repos import use_redis
 
 FEAST = str(Path(sys.executable).with_name("feast"))
 
@@ -39,9 +40,7 @@ async def test_feast_init_repo_imports_and_serves(feast_repo, tmp_path, redis_ur
     feat = (out / "features" / "demo.feat").read_text()
     assert "entity driver {\n    key driver_id: int64\n}" in feat
     assert "ttl 1d" in feat and "service driver_activity_v2 {" in feat
-    (out / "featurestore.yaml").write_text(
-        (out / "featurestore.yaml").read_text().replace(
-            "  # url: redis://localhost:6379/0", f"  url: {redis_url}"))
+    use_redis(out, redis_url)
     repo = ["--repo", str(out)]
     assert cli(["check", "--data", *repo]) == 0
     assert cli(["apply", *repo]) == 0
@@ -138,8 +137,7 @@ def test_a_repo_with_several_views_and_services_round_trips(tmp_path, redis_url)
     assert "service checkout { user_orders.amount, user_orders.items, merchant_risk.score }" \
         in feat
     assert "ttl 12h" in feat and 'description "A shopper"' in feat
-    (out / "featurestore.yaml").write_text((out / "featurestore.yaml").read_text().replace(
-        "  # url: redis://localhost:6379/0", f"  url: {redis_url}"))
+    use_redis(out, redis_url)
     args = ["--repo", str(out)]
     assert cli(["apply", *args]) == 0
     assert cli(["materialize", "--end", t0.isoformat(), *args]) == 0

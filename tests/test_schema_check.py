@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -25,6 +23,7 @@ from featurestore import schema_check
 from featurestore.cli import main as cli
 from featurestore.errors import DataError
 from featurestore.materialize import materialize
+from tests.repos import template_repo
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 END_US = 1_767_268_800_000_000    # 2026-01-01T12:00:00Z
@@ -33,11 +32,8 @@ END_US = 1_767_268_800_000_000    # 2026-01-01T12:00:00Z
 @pytest.fixture(scope="module")
 def shop_with_data(tmp_path_factory):
     """The repo `featurestore init` scaffolds, with its generated data (small)."""
-    root = tmp_path_factory.mktemp("shop") / "shop"
-    assert cli(["init", str(root)]) == 0
-    subprocess.run([sys.executable, "generate_data.py", "--events", "3000", "--days", "1",
-                    "--end", "2026-01-01T12:00:00"], cwd=root, check=True, capture_output=True)
-    return root
+    return template_repo(tmp_path_factory.mktemp("shop") / "shop", "--events", "3000",
+                         "--days", "1", "--end", "2026-01-01T12:00:00")
 
 
 @pytest.fixture
