@@ -9,13 +9,15 @@ write per batch, then checks the replies without parsing each one.
 The writer knows how many reply lines each command produces (every command
 used here answers with one-line replies: +OK, :n, +QUEUED, or an EXEC array
 of those), so a batch is complete when its lines have arrived, and any line
-starting with `-` is an error, raised with its text.
+starting with `-` is an error, raised with its text. On a Redis Cluster the
+batch is split by the slot of each command's key (`redis_client.key_slots`,
+vectorized) and each part goes to its master's connection.
 """
 from __future__ import annotations
 
 import pyarrow as pa
-import redis
 
+from featurestore import redis_client
 from featurestore.layout import sql_text
 
 CRLF = "\r\n"
@@ -57,47 +59,98 @@ class RedisReplyError(RuntimeError):
 
 
 class BulkWriter:
-    """One Redis connection that pipelines pre-encoded commands.
+    """Pipelines pre-encoded commands: on one connection to a single node
+    (or the master Sentinel names), or on a cluster one connection per
+    master, each command sent to the master of its key's slot.
 
     `send` writes a batch and then reads the replies of the batch before it,
     so Redis works on one batch while the caller prepares the next; `flush`
-    waits for everything. Errors raise RedisReplyError."""
+    waits for everything. Errors raise RedisReplyError. A cluster whose slots
+    move during a write answers MOVED or ASK: that is an error too (the
+    write is idempotent: run it again)."""
 
-    def __init__(self, url: str):
-        self._pool = redis.ConnectionPool.from_url(url)
-        self._conn = self._pool.make_connection()
-        self._conn.connect()  # AUTH, SELECT and TLS as redis-py does them
-        # redis-py has no public raw read: the socket is read directly, after
-        # the handshake above is complete.
-        self._sock = self._conn._sock
-        self._outstanding = 0    # reply lines sent for and not yet read
-        self._last = b"\n"       # last byte read: an error line starts after "\n"
+    def __init__(self, where: redis_client.RedisTarget | str):
+        store = redis_client.target(where)
+        self._slots = redis_client.fetch_slot_map(store) if store.cluster else None
+        addresses = self._slots.masters if self._slots else (None,)
+        self._nodes: dict = {}
+        try:
+            for address in addresses:
+                self._nodes[address] = _Node(redis_client.raw_connection(store, address))
+        except BaseException:
+            self.close()
+            raise
         self.commands = 0
 
-    def send(self, commands: pa.Array | pa.ChunkedArray, lines_per_command: int) -> None:
+    @property
+    def needs_keys(self) -> bool:
+        """Whether `send` needs each command's key (a cluster's writer does)."""
+        return self._slots is not None
+
+    def send(self, commands: pa.Array | pa.ChunkedArray, lines_per_command: int,
+             keys: pa.Array | pa.ChunkedArray | None = None) -> None:
         """Send a string column of RESP commands, each answered by
-        `lines_per_command` reply lines."""
+        `lines_per_command` reply lines; `keys`, the key of each command,
+        places it on a cluster (every key a command names shares one slot)."""
         chunks = commands.chunks if isinstance(commands, pa.ChunkedArray) else [commands]
-        for chunk in chunks:
+        key_chunks = ([None] * len(chunks) if keys is None else
+                      keys.chunks if isinstance(keys, pa.ChunkedArray) else [keys])
+        for chunk, key_chunk in zip(chunks, key_chunks, strict=True):
             if len(chunk) == 0:
                 continue
             if chunk.null_count:
                 raise ValueError("a bulk Redis command is null")
-            self.send_bytes(_data(chunk), len(chunk) * lines_per_command)
+            if self._slots is None:
+                self._nodes[None].send(_data(chunk), len(chunk) * lines_per_command)
+            else:
+                if key_chunk is None:
+                    raise ValueError("a cluster's writer needs the key of each command")
+                slots = redis_client.key_slots(key_chunk)
+                for address, rows in self._slots.group(slots):
+                    part = chunk.take(pa.array(rows)) if len(rows) < len(chunk) else chunk
+                    self._nodes[address].send(_data(part), len(rows) * lines_per_command)
             self.commands += len(chunk)
 
     def send_bytes(self, data, lines: int) -> None:
-        """Send encoded commands answered by `lines` reply lines, then wait
-        for the replies of everything sent before them."""
-        self._sock.sendall(data)
-        self._outstanding += lines
-        self._wait(lines)
+        """Send encoded commands answered by `lines` reply lines to the
+        single node, then wait for the replies of everything sent before them."""
+        if self._slots is not None:
+            raise ValueError("a cluster's writer sends commands with their keys: use send")
+        self._nodes[None].send(data, lines)
 
     def flush(self) -> None:
         """Wait for the replies of everything sent."""
-        self._wait(0)
+        for node in self._nodes.values():
+            node.wait(0)
 
-    def _wait(self, limit: int) -> None:
+    def close(self) -> None:
+        for node in self._nodes.values():
+            node.close()
+
+    def __enter__(self) -> "BulkWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Node:
+    """One connection of a BulkWriter, and the replies it still owes."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        # redis-py has no public raw read: the socket is read directly, after
+        # the handshake (AUTH, SELECT, TLS) is complete.
+        self._sock = conn._sock
+        self._outstanding = 0    # reply lines sent for and not yet read
+        self._last = b"\n"       # last byte read: an error line starts after "\n"
+
+    def send(self, data, lines: int) -> None:
+        self._sock.sendall(data)
+        self._outstanding += lines
+        self.wait(lines)
+
+    def wait(self, limit: int) -> None:
         """Read replies until at most `limit` lines are outstanding."""
         buffer = bytearray(1 << 20)
         view = memoryview(buffer)
@@ -115,13 +168,6 @@ class BulkWriter:
 
     def close(self) -> None:
         self._conn.disconnect()
-        self._pool.disconnect()
-
-    def __enter__(self) -> "BulkWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _data(chunk: pa.Array) -> memoryview:

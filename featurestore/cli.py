@@ -177,7 +177,7 @@ def cmd_materialize(args) -> None:
         raise UserError(f"unknown view(s): {', '.join(unknown)}")
     if args.start and args.incremental:
         raise UserError("give --start or --incremental, not both")
-    url = repo.redis_url(cfg, say)
+    store = repo.redis_target(cfg, say)
     end = parse_time(args.end) if args.end else None
     start = parse_time(args.start) if args.start else None
     if start is not None and end is not None and start > end:
@@ -186,8 +186,8 @@ def cmd_materialize(args) -> None:
     def progress(st) -> None:
         say(view_progress(st))
 
-    say(f"materializing into {url}")
-    stats = materialize(plan, cfg.root, cfg.project, url, start_us=start, end_us=end,
+    say(f"materializing into {store}")
+    stats = materialize(plan, cfg.root, cfg.project, store, start_us=start, end_us=end,
                         incremental=args.incremental, views=views,
                         memory_limit=cfg.memory_limit, progress=progress)
     say(f"done in {stats.seconds:.2f} s")
@@ -229,7 +229,7 @@ def cmd_serve(args) -> None:
     cfg = _cfg(args)
     if not cfg.manifest_path.exists():
         raise UserError("the repo has not been applied: run `featurestore apply` first")
-    url = repo.redis_url(cfg, say, start=False)
+    store = repo.redis_target(cfg, say, start=False)
     options = ServerOptions.from_config(cfg, metrics_port=args.metrics_port)
     if args.http_port is not None:
         options = dataclasses.replace(options, http_port=args.http_port)
@@ -241,7 +241,7 @@ def cmd_serve(args) -> None:
     if workers < 1:
         raise UserError(f"--workers must be at least 1, not {workers}")
     try:
-        serve(cfg.manifest_path, url, args.host or cfg.serving.host,
+        serve(cfg.manifest_path, store, args.host or cfg.serving.host,
               args.port or cfg.serving.port, options, workers)
     except WorkerFailed as e:
         raise ServiceError(str(e)) from None
@@ -322,7 +322,7 @@ def cmd_stream(args) -> None:
     if not cfg.manifest_path.exists():
         say("note: the repo has not been applied: the server will not serve these views "
             "until `featurestore apply`")
-    stream(plan, cfg.root, cfg.project, lambda: repo.redis_url(cfg, say), options, say,
+    stream(plan, cfg.root, cfg.project, lambda: repo.redis_target(cfg, say), options, say,
            fresh=args.fresh)
 
 

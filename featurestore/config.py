@@ -4,6 +4,10 @@
     registry: .featurestore/registry.db # Feast registry file (relative to the repo)
     online_store:
       url: redis://localhost:6379/0     # absent: a private redis-server is started
+      # or, as Feast spells it (featurestore.redis_client):
+      # type: redis_cluster             # redis (default) | redis_cluster | redis_sentinel
+      # connection_string: "host1:6379,host2:6379,ssl=true,password=${REDIS_PASSWORD}"
+      # sentinel_master: mymaster       # redis_sentinel: the master the sentinels watch
     serving:
       host: 127.0.0.1
       port: 6566
@@ -47,7 +51,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from featurestore.errors import ConfigError
 
@@ -63,7 +68,29 @@ class _Section(BaseModel):
 
 
 class OnlineStore(_Section):
-    url: Optional[str] = None                   # None: a private redis-server
+    """Where the online store is (`featurestore.redis_client` reads it).
+    Feast's `redis_type` is accepted for `type`."""
+    type: Literal["redis", "redis_cluster", "redis_sentinel"] = "redis"
+    url: Optional[str] = None                   # None (and no connection_string): a private redis-server
+    connection_string: Optional[str] = None     # Feast's "host:port,...,ssl=true,password=..."
+    sentinel_master: str = "mymaster"           # redis_sentinel: the master's name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _feast_redis_type(cls, value: Any):
+        """Feast writes `type: redis` and `redis_type: redis_cluster`."""
+        if isinstance(value, dict) and "redis_type" in value:
+            value = dict(value)
+            kind = value.pop("redis_type")
+            if value.get("type", "redis") not in ("redis", kind):
+                raise ValueError(f"type {value['type']!r} and redis_type {kind!r} disagree")
+            value["type"] = kind
+        return value
+
+    @property
+    def configured(self) -> bool:
+        """Whether it names a Redis (otherwise the repo's private redis-server serves)."""
+        return bool(self.url or self.connection_string)
 
 
 class Serving(_Section):
@@ -126,8 +153,16 @@ class RepoConfig:
         return self.root / self.settings.registry
 
     @property
-    def redis_url(self) -> str | None:
-        return self.settings.online_store.url
+    def redis_target(self):
+        """The configured online store (`featurestore.redis_client.RedisTarget`),
+        or None: the repo's private redis-server."""
+        from featurestore import redis_client
+
+        store = self.settings.online_store
+        if not store.configured:
+            return None
+        return redis_client.parse(store.type, store.url, store.connection_string,
+                                  store.sentinel_master)
 
     @property
     def serving(self) -> Serving:
@@ -161,6 +196,8 @@ class RepoConfig:
         doc = self.settings.model_dump(mode="json")
         doc["project"] = self.project
         doc["online_store"]["url"] = mask_url(doc["online_store"]["url"])
+        doc["online_store"]["connection_string"] = mask_connection_string(
+            doc["online_store"]["connection_string"])
         doc["serving"]["api_keys"] = ["***"] * len(doc["serving"]["api_keys"])
         return doc
 
@@ -176,6 +213,14 @@ def mask_url(url: str | None) -> str | None:
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+def mask_connection_string(text: str | None) -> str | None:
+    """A Feast connection string with its password replaced by ***."""
+    if not text:
+        return text
+    return ",".join("password=***" if p.strip().startswith("password=") else p
+                    for p in text.split(","))
 
 
 def find_repo(start: Path) -> Path:
@@ -277,6 +322,8 @@ def load(root: Path) -> RepoConfig:
             sub = doc.get(section)
             doc[section] = sub = dict(sub) if isinstance(sub, dict) else {}
             sub[key] = value.split(",") if key == "api_keys" else value
+            if key == "url":   # the variable names the whole address
+                sub.pop("connection_string", None)
     try:
         settings = Settings.model_validate(doc)
     except ValidationError as e:
@@ -292,6 +339,8 @@ def load(root: Path) -> RepoConfig:
         env = [v for v, target in ENV_OVERRIDES.items()
                if target == loc[:2] and os.environ.get(v)]
         source = f" (from {env[0]})" if env else ""
+        if err["type"] == "value_error" and len(loc) == 1:   # a section's own check
+            pos.fail(dotted, err["msg"].removeprefix("Value error, "))
         pos.fail(f"{dotted}#value",
               f"{err['msg']}, not {err.get('input')!r}{source}")
     if settings.project is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*",
@@ -301,8 +350,27 @@ def load(root: Path) -> RepoConfig:
     if not settings.project and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", root.name):
         raise ConfigError(f"{path}: set `project:` (the folder name {root.name!r} is not "
                           "letters, digits and '_')")
+    if settings.online_store.configured or settings.online_store.type != "redis":
+        _check_online_store(pos, settings.online_store)
     if bool(settings.serving.tls_cert) != bool(settings.serving.tls_key):
         pos.fail("serving", "tls_cert and tls_key go together: set both or neither")
     if settings.serving.tls_client_ca and not settings.serving.tls_cert:
         pos.fail("serving.tls_client_ca", "mutual TLS needs tls_cert and tls_key too")
     return RepoConfig(root=root, settings=settings)
+
+
+def _check_online_store(pos: _Positions, store: OnlineStore) -> None:
+    """Refuse an online store that names no Redis or names one wrongly."""
+    from featurestore import redis_client
+
+    if not store.configured:
+        pos.fail("online_store.type#value",
+                 f"{store.type} needs connection_string (the "
+                 f"{'sentinels' if store.type == 'redis_sentinel' else 'seed nodes'}, "
+                 "host1:port1,host2:port2); the private redis-server is a single node")
+    where = "connection_string" if store.connection_string else "url"
+    try:
+        redis_client.parse(store.type, store.url, store.connection_string,
+                           store.sentinel_master)
+    except ValueError as e:
+        pos.fail(f"online_store.{where}#value", str(e))

@@ -43,12 +43,11 @@ import duckdb
 import pyarrow.compute as pc
 
 from dsl.plan import Plan, View
-from featurestore import layout, windows
+from featurestore import layout, redis_client, windows
 from featurestore.backends import duckdb_sql
 from featurestore.backends.duckdb_sql import ident
 from featurestore.bulk_redis import (BulkWriter, RedisReplyError, bulk_sql, command_sql,
                                      literal_sql, resp_command)
-from featurestore.config import mask_url
 from featurestore.errors import DataError, ServiceError, UserError
 from featurestore.schema_check import require_valid_data
 
@@ -158,7 +157,7 @@ def rows_commands_sql(project: str, view: View, rows_sql: str, end_us: int) -> s
                f"FROM ({rows_sql}) WHERE {where}")
     command = (command_sql("PSETEX", ["__key", "__px", "__value"]) if keep is not None
                else command_sql("SET", ["__key", "__value"]))
-    return f"SELECT {command} AS cmd FROM ({encoded})"
+    return f"SELECT {command} AS cmd, __key FROM ({encoded})"
 
 
 def tiles_commands_sql(project: str, view: View, tiles_sql: str, end_us: int,
@@ -199,7 +198,7 @@ def tiles_commands_sql(project: str, view: View, tiles_sql: str, end_us: int,
         lines = 2 + 2 * (len(commands) - 2)  # +OK, a +QUEUED and an EXEC line per command
     else:
         lines = len(commands)
-    return f"SELECT concat({', '.join(commands)}) AS cmd, __n FROM ({per_entity})", lines
+    return f"SELECT concat({', '.join(commands)}) AS cmd, __n, __key FROM ({per_entity})", lines
 
 
 def prune_commands_sql(project: str, view: View, rows_sql: str) -> str:
@@ -215,19 +214,22 @@ def prune_commands_sql(project: str, view: View, rows_sql: str) -> str:
     fields = (f"SELECT {_key_sql(project, view, 't')} AS __key, count(*) AS __n, "
               f"string_agg({bulk_sql('__f')}, '') AS __fields "
               f"FROM ({per_level}) WHERE {_not_null_keys(view)} GROUP BY {keys}")
-    return f"SELECT {command_sql('HDEL', ['__key'], '__fields', '__n')} AS cmd FROM ({fields})"
+    return (f"SELECT {command_sql('HDEL', ['__key'], '__fields', '__n')} AS cmd, __key "
+            f"FROM ({fields})")
 
 
 # ------------------------------------------------------------------ running
 def _send(con, writer: BulkWriter, sql: str, lines: int,
           counted: str | None = None) -> tuple[int, int]:
-    """Stream the `cmd` column of `sql` into Redis; (commands, sum of `counted`).
+    """Stream the `cmd` column of `sql` into Redis (`__key`, the key of each
+    command, places it on a cluster); (commands, sum of `counted`).
     DuckDB encodes the next batch on a thread of its own while Redis works
     on the last one: the two overlap instead of taking turns. A relation, not
     `execute`: DuckDB 2 copies every row of a DB-API result it hands to Arrow."""
     commands = total = 0
     for batch in _batches(con.sql(sql).to_arrow_reader(BATCH_ROWS)):
-        writer.send(batch.column(0), lines)
+        writer.send(batch.column("cmd"), lines,
+                    batch.column("__key") if writer.needs_keys else None)
         commands += batch.num_rows
         if counted is not None and batch.num_rows:
             total += pc.sum(batch.column(counted)).as_py() or 0
@@ -302,19 +304,19 @@ def _write_tiles(con, writer, project, view, source, root, run: Run, st: ViewSta
         st.pruned, _ = _send(con, writer, prune_commands_sql(project, view, old), 1)
 
 
-def materialize(plan: Plan, root: Path, project: str, redis_url: str, *,
+def materialize(plan: Plan, root: Path, project: str,
+                store: redis_client.RedisTarget | str, *,
                 start_us: int | None = None, end_us: int | None = None,
                 incremental: bool = False, views: list[str] | None = None,
                 memory_limit: str = "4GB",
                 progress: Callable[[ViewStats], None] | None = None) -> MaterializeStats:
     """Materialize `views` (default all) of the plan into Redis as of end_us
-    (default now): a full run, a run over events from start_us, or, with
+    (default now) into the online store `store` (a RedisTarget, or a single
+    node's URL): a full run, a run over events from start_us, or, with
     `incremental`, a run continuing from each view's last one. The data of
     every selected view is checked against its source's schema first
     (`featurestore.schema_check`): DataError, and nothing written, when any
     does not match."""
-    import redis
-
     end_us = now_us() if end_us is None else end_us
     if start_us is not None and start_us > end_us:
         raise ValueError(f"start ({start_us}) is after end ({end_us})")
@@ -326,13 +328,14 @@ def materialize(plan: Plan, root: Path, project: str, redis_url: str, *,
                             "materializes it")
     con = connect(memory_limit)
     con.execute("SET preserve_insertion_order = false")  # commands go out in any order
-    r = redis.Redis.from_url(redis_url)
-    view = None
+    store = redis_client.target(store)
+    r = view = None
     try:
+        r = redis_client.sync_client(store)
         # Every selected view's data is checked before the first is written:
         # a mismatch anywhere leaves Redis as it was.
         require_valid_data(plan, root, {v.source for v in selected}, con=con)
-        with BulkWriter(redis_url) as writer:
+        with BulkWriter(store) as writer:
             for view in selected:
                 if plan.source(view.source).kind == "batch":
                     st = materialize_view(con, writer, r, project, plan, view, root,
@@ -343,13 +346,17 @@ def materialize(plan: Plan, root: Path, project: str, redis_url: str, *,
                 if progress:
                     progress(st)
     except RedisReplyError as e:
-        raise ServiceError(f"Redis at {mask_url(redis_url)} refused a write{_during(view)}: "
+        if redis_client.is_redirect(e):
+            raise ServiceError(f"the slots of {store} moved during a write{_during(view)} "
+                               f"({e}); run the same command again: it writes the rest and "
+                               "rewrites what it had begun") from None
+        raise ServiceError(f"Redis at {store} refused a write{_during(view)}: "
                            f"{e}; does something else write keys under "
                            f"{layout.PREFIX}:{project}:?") from None
-    except (redis.RedisError, ConnectionError, TimeoutError) as e:
+    except redis_client.ERRORS as e:
         done = ", ".join(st.view for st in stats.views)
         raise ServiceError(
-            f"Redis at {mask_url(redis_url)} failed{_during(view)}: {e}; "
+            f"Redis at {store} failed{_during(view)}: {e}; "
             + (f"{done} were written in full; " if done else "")
             + "once Redis answers, run the same command again: it writes the rest "
               "and rewrites what it had begun") from None
@@ -359,7 +366,8 @@ def materialize(plan: Plan, root: Path, project: str, redis_url: str, *,
                         f"{text[0] if text else type(e).__name__} "
                         "(featurestore --debug shows the traceback)") from None
     finally:
-        r.close()
+        if r is not None:
+            r.close()
         con.close()
     return stats
 

@@ -81,7 +81,7 @@ def run(dir: Path, events: int, say: Callable[[str], None]) -> None:
     say(repo.apply(cfg, plan, say).render("Applied"))
 
     local = None
-    url = cfg.redis_url
+    url = cfg.redis_target
     if url is None:
         try:
             local = redis_local.start(cfg.state_dir / "quickstart-redis")

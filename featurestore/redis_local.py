@@ -14,6 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 INSTALL_HINT = ("redis-server was not found on PATH: install it (Debian/Ubuntu: "
                 "`sudo apt-get install redis-server`, macOS: `brew install redis`) "
@@ -74,21 +75,23 @@ class LocalRedis:
 
 
 def start(dir: str | Path, port: int | None = None, persist: bool = False,
-          daemonize: bool = False, wait_s: float = 10.0) -> LocalRedis:
+          daemonize: bool = False, wait_s: float = 10.0,
+          args: Sequence[str] = ()) -> LocalRedis:
     """Start redis-server with its files in `dir`. `persist` keeps an RDB
-    snapshot so data survives a restart; `daemonize` lets it outlive us."""
+    snapshot so data survives a restart; `daemonize` lets it outlive us;
+    `args`: more options (`--cluster-enabled yes`, `--replicaof H P`)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RedisNotInstalled(INSTALL_HINT)
     d = Path(dir).resolve()
     d.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
             "--pidfile", str(d / "redis.pid"), "--logfile", str(d / "redis.log"),
             "--appendonly", "no", "--protected-mode", "yes",
             "--save", "60 1" if persist else "", "--dbfilename", "dump.rdb",
-            "--daemonize", "yes" if daemonize else "no"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            "--daemonize", "yes" if daemonize else "no", *args]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=daemonize)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

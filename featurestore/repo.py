@@ -9,8 +9,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from featurestore import redis_local
-from featurestore.config import RepoConfig, mask_url
+from featurestore import redis_client, redis_local
+from featurestore.config import RepoConfig
 from featurestore.errors import DefinitionError, ServiceError, UserError
 
 Say = Callable[[str], None]
@@ -76,13 +76,10 @@ def apply(cfg: RepoConfig, plan, say: Say, dry_run: bool = False):
 def unwritten(cfg: RepoConfig, plan) -> list[str]:
     """One line per view whose applied definition Redis does not hold yet:
     what writes it, roughly what that reads, and what serves meanwhile."""
-    url = cfg.redis_url
-    if url is None:
-        running = redis_local.find_running(cfg.local_redis_dir)
-        url = running.url if running else None
-    held = _written(cfg, plan, url) if url else {}
+    store = _configured_or_running(cfg)
+    held = _written(cfg, plan, store) if store else {}
     if held is None:
-        return [f"(Redis at {url} did not answer: cannot tell which views it holds)"]
+        return [f"(Redis at {store} did not answer: cannot tell which views it holds)"]
     previous = load_manifest(cfg)
     sources = {s.name: s for s in plan.sources}
     lines = []
@@ -104,12 +101,19 @@ def unwritten(cfg: RepoConfig, plan) -> list[str]:
     return lines
 
 
-def _written(cfg: RepoConfig, plan, url: str) -> dict | None:
+def _configured_or_running(cfg: RepoConfig):
+    """The configured online store, else the repo's private redis-server
+    when it runs, else None."""
+    if cfg.redis_target is not None:
+        return cfg.redis_target
+    running = redis_local.find_running(cfg.local_redis_dir)
+    return redis_client.single(running.url) if running else None
+
+
+def _written(cfg: RepoConfig, plan, store) -> dict | None:
     """View name -> whether Redis holds its planned version, and
     (view, fingerprint) -> the same for the versions the manifest remembers;
     None when Redis does not answer."""
-    import redis
-
     from featurestore import layout
 
     previous = load_manifest(cfg)
@@ -118,13 +122,16 @@ def _written(cfg: RepoConfig, plan, url: str) -> dict | None:
         asked += [((name, old.fingerprint), name, old.fingerprint)
                   for name in previous.views for old in previous.versions(name)]
     try:
-        with redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0) as r:
+        with redis_client.sync_client(store, socket_timeout=1.0,
+                                      socket_connect_timeout=1.0) as r:
             pipe = r.pipeline(transaction=False)
-            for _, name, fp in asked:
-                pipe.exists(layout.watermark_key(cfg.project, name, fp),
-                            layout.live_key(cfg.project, name, fp))
-            return {label: bool(n) for (label, _, _), n in zip(asked, pipe.execute())}
-    except (redis.RedisError, OSError):
+            for _, name, fp in asked:   # one key per EXISTS: on a cluster they lie apart
+                pipe.exists(layout.watermark_key(cfg.project, name, fp))
+                pipe.exists(layout.live_key(cfg.project, name, fp))
+            held = pipe.execute()
+            return {label: bool(held[2 * i] or held[2 * i + 1])
+                    for i, (label, _, _) in enumerate(asked)}
+    except redis_client.ERRORS:
         return None
 
 
@@ -145,27 +152,23 @@ def gc(cfg: RepoConfig, say: Say, dry_run: bool = False) -> int:
     layouts (`fs1:`, `fs2:`). Versions still served while their view's new
     version is being written are kept. Returns the number of keys removed
     (or, with `dry_run`, that would be)."""
-    import redis
-
     manifest = load_manifest(cfg)
     if manifest is None:
         raise UserError("the repo has not been applied: run `featurestore apply` first")
-    url = redis_url(cfg, say, start=False)
+    store = redis_target(cfg, say, start=False)
     try:
-        return _gc(cfg, manifest, url, say, dry_run)
-    except (redis.RedisError, OSError) as e:
-        raise ServiceError(f"Redis at {mask_url(url)} failed: {e}; nothing after the keys "
+        return _gc(cfg, manifest, store, say, dry_run)
+    except redis_client.ERRORS as e:
+        raise ServiceError(f"Redis at {store} failed: {e}; nothing after the keys "
                            "already removed was changed: run `featurestore gc` again") from None
 
 
-def _gc(cfg: RepoConfig, manifest, url: str, say: Say, dry_run: bool) -> int:
-    import redis
-
+def _gc(cfg: RepoConfig, manifest, store, say: Say, dry_run: bool) -> int:
     from featurestore import layout
 
     keep: set[tuple[str, str]] = set()
     retired: list[str] = []
-    with redis.Redis.from_url(url, socket_timeout=10.0) as r:
+    with redis_client.sync_client(store, socket_timeout=10.0) as r:
         for name, view in manifest.views.items():
             keep.add((name, view.fingerprint))
             if not manifest.previous.get(name):
@@ -197,7 +200,7 @@ def _gc(cfg: RepoConfig, manifest, url: str, say: Say, dry_run: bool) -> int:
     for line in retired:
         say(f"  retired {line}")
     say(f"{'would remove' if dry_run else 'removed'} {removed:,} key(s) no server reads "
-        f"from {mask_url(url)}")
+        f"from {store}")
     return removed
 
 
@@ -216,8 +219,6 @@ def status(cfg: RepoConfig, say: Say, now_us: int | None = None) -> None:
     import datetime as dt
     import time
 
-    import redis
-
     from featurestore import layout
 
     manifest = load_manifest(cfg)
@@ -232,17 +233,15 @@ def status(cfg: RepoConfig, say: Say, now_us: int | None = None) -> None:
                else f"{age / 3600:.1f} h")
         return f"{at} ({ago} ago)"
 
-    url = cfg.redis_url
-    if url is None:
-        running = redis_local.find_running(cfg.local_redis_dir)
-        url = running.url if running else None
-    if url is None:
+    store = _configured_or_running(cfg)
+    if store is None:
         say(f"project {cfg.project}: no Redis configured and the private redis-server is "
             "not running (`featurestore materialize` starts it)")
         return
     try:
-        with redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0) as r:
-            say(f"project {cfg.project}, Redis at {mask_url(url)}")
+        with redis_client.sync_client(store, socket_timeout=2.0,
+                                      socket_connect_timeout=2.0) as r:
+            say(f"project {cfg.project}, Redis at {store}")
             for name, view in sorted(manifest.views.items()):
                 fp = view.fingerprint
                 mark = layout.decode_watermark(r.get(layout.watermark_key(cfg.project, name, fp)))
@@ -268,8 +267,8 @@ def status(cfg: RepoConfig, say: Say, now_us: int | None = None) -> None:
                                  + (f"; servers read its previous version {older[0]}"
                                     if older else ""))
                 say(f"  {name} (version {fp}): " + "; ".join(parts))
-    except (redis.RedisError, OSError) as e:
-        raise ServiceError(f"Redis at {mask_url(url)} did not answer: {e}") from None
+    except redis_client.ERRORS as e:
+        raise ServiceError(f"Redis at {store} did not answer: {e}") from None
     _server_status(cfg, manifest, say)
 
 
@@ -306,14 +305,15 @@ def load_manifest(cfg: RepoConfig):
         return None
 
 
-def redis_url(cfg: RepoConfig, say: Say, start: bool = True) -> str:
-    """The configured Redis, or this repo's private redis-server (started when
-    not running, kept running for later commands until `featurestore down`)."""
-    if cfg.redis_url:
-        return cfg.redis_url
+def redis_target(cfg: RepoConfig, say: Say, start: bool = True):
+    """The configured online store (`redis_client.RedisTarget`), or this
+    repo's private redis-server (started when not running, kept running for
+    later commands until `featurestore down`)."""
+    if cfg.redis_target is not None:
+        return cfg.redis_target
     running = redis_local.find_running(cfg.local_redis_dir)
     if running:
-        return running.url
+        return redis_client.single(running.url)
     if not start:
         raise UserError("no Redis is configured and this repo's private redis-server is not "
                         "running: run `featurestore materialize` first, or set online_store.url")
@@ -331,7 +331,7 @@ def redis_url(cfg: RepoConfig, say: Say, start: bool = True) -> str:
             " again" if port is not None else "")
     say(f"no online_store.url configured: started a private redis-server on 127.0.0.1:"
         f"{server.port}{note} (files in {cfg.local_redis_dir}); `featurestore down` stops it")
-    return server.url
+    return redis_client.single(server.url)
 
 
 def down(cfg: RepoConfig, say: Say) -> None:

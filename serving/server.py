@@ -27,8 +27,6 @@ from typing import Any, Callable
 
 import grpc
 import hiredis
-import redis
-import redis.asyncio as aioredis
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -36,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from featurestore import config, layout
+from featurestore import config, layout, redis_client
 from featurestore.manifest import Manifest
 from featurestore.errors import ServiceError
 from serving import auth, feast_api, interceptors, logs, lookup
@@ -154,36 +152,46 @@ def wall_clock_us() -> int:
 
 
 class OnlineStore:
-    """The server's Redis: reads views' state and tells health whether Redis answers."""
+    """The server's Redis: reads views' state and tells health whether Redis
+    answers. One node or a Sentinel's master: every lookup is one pipelined
+    round trip on one connection. A cluster: one pipeline per master
+    holding any of the lookup's keys (an entity's keys share a slot), sent
+    at once (`_ClusterReads`)."""
 
-    def __init__(self, project: str, redis_url: str, health: grpc_health.aio.HealthServicer,
+    def __init__(self, project: str, store: redis_client.RedisTarget | str,
+                 health: grpc_health.aio.HealthServicer,
                  connections: int = ServerOptions.redis_connections):
         self._project = project
-        self._redis = aioredis.Redis.from_url(redis_url, **REDIS_OPTIONS)
+        self._target = redis_client.target(store)
+        self._cluster = _ClusterReads(self._target) if self._target.cluster else None
+        self._redis = None if self._cluster else redis_client.async_client(self._target,
+                                                                           **REDIS_OPTIONS)
         # PINGs that decide health run on a thread with a socket timeout, so
         # that only Redis' silence counts, never the event loop's own work
-        self._pinger = redis.Redis.from_url(redis_url, socket_timeout=PING_TIMEOUT_S,
-                                            socket_connect_timeout=PING_TIMEOUT_S)
+        self._pinger = None if self._cluster else redis_client.sync_client(
+            self._target, socket_timeout=PING_TIMEOUT_S, socket_connect_timeout=PING_TIMEOUT_S)
         self._ping_thread = ThreadPoolExecutor(1, thread_name_prefix="redis-ping")
         self._slots = asyncio.Semaphore(connections)  # bounds the connection pool
         self._health = health
         self._up: bool | None = None
-        self.location = config.mask_url(redis_url)
+        self.location = self._target.describe()
         self.timed = None   # a Prometheus histogram of round trips, when metrics are on
 
     async def read(self, prepared: lookup.Prepared,
                    time_left: float | None = None) -> list[tuple[list, list | None]]:
         """For each view of `prepared`: the rows and (when needed) the tiles
-        of its entities, read in one pipelined round trip.
+        of its entities, read in one pipelined round trip (per cluster master).
 
         Raises StoreUnavailable when Redis does not answer within
-        READ_TIMEOUT_S, and TimeoutError when `time_left` (the caller's
-        deadline, in seconds) runs out first. A read that takes longer while
-        Redis answers PINGs (the server is busy, not Redis) goes on."""
+        READ_TIMEOUT_S (or a cluster's slots still move after one retry),
+        and TimeoutError when `time_left` (the caller's deadline, in
+        seconds) runs out first. A read that takes longer while Redis
+        answers PINGs (the server is busy, not Redis) goes on."""
         loop = asyncio.get_running_loop()
         deadline = None if time_left is None else loop.time() + time_left
         async with _within(self._slots, time_left):
-            read = asyncio.ensure_future(self._pipeline(prepared))
+            read = asyncio.ensure_future(self._execute(list(lookup.commands(self._project,
+                                                                            prepared))))
             try:
                 replies = await self._await_read(read, deadline)
             except asyncio.TimeoutError:  # the deadline (an OSError: not Redis' fault)
@@ -201,11 +209,9 @@ class OnlineStore:
     async def exists(self, keys) -> list[bool]:
         """Which of `keys` Redis holds (raises when it does not answer)."""
         async with self._slots:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.exists(key)
-                return [bool(n) for n in await asyncio.wait_for(pipe.execute(),
-                                                                READ_TIMEOUT_S)]
+            replies = await asyncio.wait_for(self._execute([(b"EXISTS", k) for k in keys]),
+                                             READ_TIMEOUT_S)
+        return [bool(n) for n in replies]
 
     async def _await_read(self, read: asyncio.Future, deadline: float | None) -> list:
         loop = asyncio.get_running_loop()
@@ -224,39 +230,26 @@ class OnlineStore:
             log.debug("a read took over %s s while Redis answers: the server is busy",
                       READ_TIMEOUT_S)
 
-    async def _pipeline(self, prepared: lookup.Prepared) -> list:
-        """Every command of the lookup in one round trip. The commands are
-        packed by hiredis, in C: redis-py's own pipeline packs in Python,
-        which cost more than Redis itself for a thousand HMGETs."""
-        commands = list(lookup.commands(self._project, prepared))
-        packed = b"".join(map(hiredis.pack_command, commands))
-        for attempt in (1, 2):  # a connection that died while idle gets one retry
-            pool = self._redis.connection_pool
-            conn = await pool.get_connection()
-            try:
-                started = time.perf_counter()
-                await conn.send_packed_command(packed, check_health=False)
-                replies = [await conn.read_response(disable_decoding=True) for _ in commands]
-                if self.timed is not None:
-                    self.timed.observe(time.perf_counter() - started)
-                return replies
-            except RedisConnectionError:
-                await conn.disconnect()
-                if attempt == 2:
-                    raise
-            except BaseException:
-                await conn.disconnect()   # replies may be left unread: never reuse it
-                raise
-            finally:
-                await pool.release(conn)
-        raise AssertionError("unreachable")
+    async def _execute(self, commands: list[tuple]) -> list:
+        """The replies of `commands`, in order (the keys of one command
+        share a slot)."""
+        started = time.perf_counter()
+        if self._cluster is not None:
+            replies = await self._cluster.execute(commands)
+        else:
+            replies = await _round_trip(self._redis.connection_pool, commands)
+        if self.timed is not None:
+            self.timed.observe(time.perf_counter() - started)
+        return replies
 
     async def answers(self) -> bool:
-        """Whether Redis answers a PING within PING_TIMEOUT_S, timed by the
-        kernel on a thread: a busy event loop does not make Redis look down."""
+        """Whether Redis (on a cluster: every master) answers a PING within
+        PING_TIMEOUT_S, timed by the kernel on a thread: a busy event loop
+        does not make Redis look down."""
+        ping = self._cluster.ping_masters if self._cluster else self._pinger.ping
         try:
-            await asyncio.get_running_loop().run_in_executor(self._ping_thread, self._pinger.ping)
-        except (RedisError, OSError):
+            await asyncio.get_running_loop().run_in_executor(self._ping_thread, ping)
+        except redis_client.ERRORS:
             return False
         return True
 
@@ -288,9 +281,99 @@ class OnlineStore:
             await self._health.set(service, status)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._cluster is not None:
+            await self._cluster.close()
+        else:
+            await self._redis.aclose()
+            self._pinger.close()
         self._ping_thread.shutdown(wait=False)
-        self._pinger.close()
+
+
+async def _round_trip(pool, commands: list[tuple]) -> list:
+    """Every command in one round trip on one connection of `pool`. The
+    commands are packed by hiredis, in C: redis-py's own pipeline packs in
+    Python, which cost more than Redis itself for a thousand HMGETs."""
+    packed = b"".join(map(hiredis.pack_command, commands))
+    for attempt in (1, 2):  # a connection that died while idle gets one retry
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            return [await conn.read_response(disable_decoding=True) for _ in commands]
+        except RedisConnectionError:
+            await conn.disconnect()
+            if attempt == 2:
+                raise
+        except BaseException:
+            await conn.disconnect()   # replies may be left unread: never reuse it
+            raise
+        finally:
+            await pool.release(conn)
+    raise AssertionError("unreachable")
+
+
+class _ClusterReads:
+    """Reads of a Redis Cluster: commands grouped by the master that holds
+    their key's slot (`redis_client.SlotMap`), one round trip per master, all
+    at once, replies put back in order. A redirection (MOVED, ASK: the slots
+    moved) or a master that does not answer refreshes the slot map and
+    retries once; then the read fails as unavailable. Replicas are never read."""
+
+    def __init__(self, store: redis_client.RedisTarget):
+        self._store = store
+        self._map: redis_client.SlotMap | None = None   # also refreshed by health probes
+        self._pools: dict[tuple[str, int], Any] = {}
+
+    async def execute(self, commands: list[tuple]) -> list:
+        for attempt in (1, 2):
+            try:
+                if self._map is None:
+                    self._map = await redis_client.fetch_slot_map_async(
+                        self._store, timeout=REDIS_OPTIONS["socket_connect_timeout"])
+                return await self._once(commands, self._map)
+            except (RedisError, OSError, LookupError) as e:
+                moved = isinstance(e, RedisError) and redis_client.is_redirect(e)
+                if not (moved or isinstance(e, (*_UNAVAILABLE, LookupError))):
+                    raise
+                self._map = None
+                if attempt == 2:
+                    raise RedisConnectionError(f"the cluster did not serve the read after its "
+                                               f"slot map was refreshed: {e}") from None
+        raise AssertionError("unreachable")
+
+    async def _once(self, commands: list[tuple], slot_map: redis_client.SlotMap) -> list:
+        slots = redis_client.key_slots([command[1] for command in commands])
+        replies: list = [None] * len(commands)
+
+        async def on(address: tuple[str, int], rows) -> None:
+            pool = self._pools.get(address)
+            if pool is None:
+                pool = self._pools[address] = redis_client.async_node_pool(
+                    self._store, address, **REDIS_OPTIONS)
+            got = await _round_trip(pool, [commands[i] for i in rows])
+            for i, reply in zip(rows, got):
+                replies[i] = reply
+
+        reads = [asyncio.ensure_future(on(address, rows))
+                 for address, rows in slot_map.group(slots)]
+        try:
+            done, _ = await asyncio.wait(reads, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for read in reads:
+                read.cancel()
+        for read in done:
+            if read.exception() is not None:
+                raise read.exception()
+        return replies
+
+    def ping_masters(self) -> None:
+        """PING every master of a fresh slot map (on a thread; raises when
+        one does not answer); reads then use that map."""
+        self._map = redis_client.ping_masters(self._store, PING_TIMEOUT_S,
+                                              self._map.masters if self._map else ())
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            await pool.disconnect()
 
 
 @contextlib.asynccontextmanager
@@ -445,6 +528,7 @@ class RunningServer:
         self.port = port
         self._servicer = servicer
         self.address = _host_port(host, port)
+        self.location = store.location   # the online store, passwords masked
         self.metrics_port = metrics.port if metrics else None
         self._metrics = metrics
         self._server = server
@@ -567,12 +651,13 @@ def _bind(server: grpc.aio.Server, address: str, options: ServerOptions) -> int:
     return server.add_secure_port(address, creds)
 
 
-async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.1",
+async def start_server(manifest: Manifest, store: redis_client.RedisTarget | str, host: str = "127.0.0.1",
                        port: int = 0, clock: Clock | None = None,
                        options: ServerOptions | None = None, *,
                        worker: bool = False,
                        manifest_path: str | Path | None = None) -> RunningServer:
-    """Start serving `manifest` from the Redis at `redis_url` on `host:port`
+    """Start serving `manifest` from the online store `store` (a RedisTarget,
+    or a single node's URL) on `host:port`
     (port 0: any free port, see `.port`). `clock` returns "now" in epoch
     microseconds (default: the wall clock); windows end and ttls count back
     from it. Raises ValueError when the manifest has features this server
@@ -583,7 +668,7 @@ async def start_server(manifest: Manifest, redis_url: str, host: str = "127.0.0.
     lookup.check_manifest(manifest)
     options = options or ServerOptions()
     health = grpc_health.aio.HealthServicer()
-    store = OnlineStore(manifest.project, redis_url, health, options.redis_connections)
+    store = OnlineStore(manifest.project, store, health, options.redis_connections)
     metrics = None
     if options.metrics_port is not None:
         metrics = _Metrics(host, None if worker else options.metrics_port)
@@ -634,7 +719,7 @@ async def _watch_keys(ring: auth.KeyRing, interval: float) -> None:
         ring.reload()
 
 
-def serve(manifest_path: str | Path, redis_url: str, host: str = "127.0.0.1",
+def serve(manifest_path: str | Path, store: redis_client.RedisTarget | str, host: str = "127.0.0.1",
           port: int = DEFAULT_PORT, options: ServerOptions | None = None,
           workers: int = 1) -> None:
     """Serve the manifest at `manifest_path` until SIGINT or SIGTERM (blocking),
@@ -645,13 +730,13 @@ def serve(manifest_path: str | Path, redis_url: str, host: str = "127.0.0.1",
     options = options or ServerOptions()
     logs.configure(options.log_format)
     if workers > 1:
-        pool.serve(str(manifest_path), redis_url, host, port, options, workers)
+        pool.serve(str(manifest_path), store, host, port, options, workers)
         return
     port = pool.claim(host, port)   # a taken port is one message, not a bind traceback
-    asyncio.run(serve_until_signalled(manifest_path, redis_url, host, port, options))
+    asyncio.run(serve_until_signalled(manifest_path, store, host, port, options))
 
 
-async def serve_until_signalled(manifest_path: str | Path, redis_url: str, host: str, port: int,
+async def serve_until_signalled(manifest_path: str | Path, store: redis_client.RedisTarget | str, host: str, port: int,
                                 options: ServerOptions, worker: str | None = None,
                                 on_ready: Callable[[], object] | None = None) -> None:
     """Serve the manifest at `manifest_path` (re-read when it changes) until
@@ -661,7 +746,7 @@ async def serve_until_signalled(manifest_path: str | Path, redis_url: str, host:
     # Switch threads every ms (not 5): a thread merging a large request then
     # hands the event loop the GIL soon enough for small requests' latency.
     sys.setswitchinterval(0.001)
-    running = await start_server(manifest, redis_url, host, port, options=options,
+    running = await start_server(manifest, store, host, port, options=options,
                                  worker=worker is not None, manifest_path=manifest_path)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -671,7 +756,7 @@ async def serve_until_signalled(manifest_path: str | Path, redis_url: str, host:
     log.info("%sserving project %r (%d views, %d services) on %s%s from Redis at %s%s%s%s",
              f"{worker}: " if worker else "", manifest.project, len(manifest.views),
              len(manifest.services), running.address, " (TLS)" if options.tls_cert else "",
-             config.mask_url(redis_url),
+             running.location,
              f"; metrics on :{running.metrics_port}/metrics" if running.metrics_port else "",
              f"; Feast's HTTP API on :{running.http_port}" if running.http_port else "",
              "; API keys required" if running.keys.enabled else "")

@@ -51,7 +51,7 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def serve(manifest_path: str, redis_url: str, host: str, port: int, options, workers: int) -> None:
+def serve(manifest_path: str, store, host: str, port: int, options, workers: int) -> None:
     """Run `workers` server processes on host:port until SIGINT or SIGTERM."""
     port = claim(host, port)
     metrics_dir = None
@@ -65,7 +65,7 @@ def serve(manifest_path: str, redis_url: str, host: str, port: int, options, wor
     # SIGHUP: every worker re-reads its API keys file
     signal.signal(signal.SIGHUP, lambda *_: [os.kill(p.pid, signal.SIGHUP) for p in procs
                                              if p.is_alive()])
-    args = (manifest_path, redis_url, host, port, options)
+    args = (manifest_path, store, host, port, options)
     procs = [_start(context, args, i, workers) for i in range(workers)]
     exporter = _export_metrics(host, options.metrics_port, metrics_dir) if metrics_dir else None
     log.info("%d workers serving on %s:%d (pids %s)%s", workers, host, port,
@@ -130,7 +130,7 @@ def _stop(procs) -> None:
             proc.join()
 
 
-def _worker_main(manifest_path: str, redis_url: str, host: str, port: int, options,
+def _worker_main(manifest_path: str, store, host: str, port: int, options,
                  name: str, ready) -> None:
     import asyncio
 
@@ -139,7 +139,7 @@ def _worker_main(manifest_path: str, redis_url: str, host: str, port: int, optio
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     _stop_with_parent()
     logs.configure(options.log_format)
-    asyncio.run(server.serve_until_signalled(manifest_path, redis_url, host, port, options,
+    asyncio.run(server.serve_until_signalled(manifest_path, store, host, port, options,
                                              worker=name, on_ready=ready.set))
 
 

@@ -50,7 +50,7 @@ def shop(tmp_path):
 @pytest.fixture
 def shop_on_redis(shop, redis_url):
     use_redis(shop, redis_url)
-    assert config.load(shop).redis_url == redis_url
+    assert config.load(shop).redis_target.url == redis_url
     return shop
 
 

@@ -59,7 +59,7 @@ def test_environment_expansion_and_overrides(tmp_path, monkeypatch):
     root = _repo(tmp_path, "project: shop\nonline_store:\n  url: ${SHOP_REDIS}\n"
                            "serving:\n  port: ${SHOP_PORT:-7001}\n  host: h-${SHOP_HOST:-a}-b\n")
     cfg = config.load(root)
-    assert (cfg.redis_url, cfg.serving.port, cfg.serving.host) == \
+    assert (cfg.redis_target.url, cfg.serving.port, cfg.serving.host) == \
         ("redis://cache:6380/2", 7001, "h-a-b")
     monkeypatch.setenv("FEATURESTORE_SERVING_PORT", "7002")
     monkeypatch.setenv("FEATURESTORE_API_KEYS", "k1,k2")
@@ -72,7 +72,7 @@ def test_environment_expansion_and_overrides(tmp_path, monkeypatch):
 
 def test_defaults_are_the_servers(tmp_path):
     cfg = config.load(_repo(tmp_path, "project: shop\nonline_store:\n  # url: unset\n"))
-    assert cfg.project == "shop" and cfg.redis_url is None
+    assert cfg.project == "shop" and cfg.redis_target is None
     assert ServerOptions.from_config(cfg) == ServerOptions()
     cfg = config.load(_repo(tmp_path, "serving:\n  max_entities: 5\n  reload_interval: 0.5\n"
                                       "  tls_cert: c.pem\n  tls_key: k.pem\n"))
