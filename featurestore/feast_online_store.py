@@ -14,8 +14,9 @@ round trip. Feast then applies its statuses: an entity with no state in the
 view is NOT_FOUND; a row past the view's ttl is OUTSIDE_MAX_AGE.
 
 The Redis is the repo's, found as `featurestore serve` finds it: the
-config's `url` when given, else the repo's settings (`online_store.url`,
-`FEATURESTORE_REDIS_URL`), else its running private redis-server.
+config's `url` when given, else the repo's settings (`online_store`: one
+node, a cluster or a Sentinel's master; `FEATURESTORE_REDIS_URL`), else its
+running private redis-server.
 Writes belong to `featurestore materialize` and the stream job: Feast's own
 materialization and push are refused with a message saying so, and so is
 `get_historical_features` (the offline store below names `featurestore
@@ -74,11 +75,10 @@ class FeaturestoreOnlineStore(OnlineStore):
             prepared = lookup.prepare(resolver, request, now)
         except lookup.BadRequest as e:
             raise ValueError(f"featurestore cannot read {table.name!r}: {e}") from None
-        client = self._client(config)
-        pipe = client.pipeline(transaction=False)
-        for command in lookup.commands(resolver.manifest.project, prepared):
-            pipe.execute_command(*command)
-        replies = pipe.execute()
+        from featurestore import redis_client
+
+        replies = redis_client.execute(self._client(config),
+                                       list(lookup.commands(resolver.manifest.project, prepared)))
         response = lookup.respond(prepared, lookup.split_replies(prepared, replies))
         return _rows(response, len(entity_keys), names)
 
@@ -99,22 +99,21 @@ class FeaturestoreOnlineStore(OnlineStore):
         return self._resolvers[key]
 
     def _client(self, config):
-        import redis
-
-        from featurestore import redis_local
+        from featurestore import redis_client, redis_local
 
         url = config.online_store.url
-        if url is None:
+        store = redis_client.single(url) if url else None
+        if store is None:
             repo = self._repo(config)
             running = redis_local.find_running(repo.local_redis_dir)
-            url = repo.redis_url or (running.url if running else None)
-            if url is None:
+            store = repo.redis_target or (redis_client.single(running.url) if running else None)
+            if store is None:
                 raise ConnectionError(f"the feature repo at {repo.root} has no Redis configured "
                                       "and its private redis-server is not running: run "
                                       "`featurestore materialize` first")
-        if url not in self._clients:
-            self._clients[url] = redis.Redis.from_url(url)
-        return self._clients[url]
+        if store not in self._clients:
+            self._clients[store] = redis_client.sync_client(store)
+        return self._clients[store]
 
     # ------------------------------------------------------------- writes
     def online_write_batch(self, config, table, data, progress):

@@ -1,6 +1,6 @@
 """The streaming job: the stream views of a plan, run by PyFlink, into Redis.
 
-    job = StreamJob(plan, root, project, redis_url, StreamOptions())
+    job = StreamJob(plan, root, project, store, StreamOptions())
     job.start()          # local MiniCluster (or a cluster: options.jobmanager)
     job.wait()           # until stopped; job.stop() cancels it
 
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from dsl.plan import Plan
-from featurestore import layout
+from featurestore import layout, redis_client
 from streaming import flink_sql
 from streaming.udf import sink_function
 
@@ -57,12 +57,12 @@ class StreamOptions:
 class StreamJob:
     """One streaming job of a plan's stream views."""
 
-    def __init__(self, plan: Plan, root: Path, project: str, redis_url: str,
-                 options: StreamOptions | None = None):
+    def __init__(self, plan: Plan, root: Path, project: str,
+                 store: redis_client.RedisTarget | str, options: StreamOptions | None = None):
         self.plan = plan
         self.root = Path(root).resolve()
         self.project = project
-        self.redis_url = redis_url
+        self.store = redis_client.target(store)
         self.options = options or StreamOptions()
         settings = flink_sql.SourceSettings(self.root, self.options.monitor_interval_ms,
                                             self.options.bounded)
@@ -116,7 +116,7 @@ class StreamJob:
                 env.execute_sql(out.discard_table)
             else:
                 env.create_temporary_system_function(out.function, sink_function(
-                    self.project, self.job.sinks[out.view], out.part, self.redis_url))
+                    self.project, self.job.sinks[out.view], out.part, self.store))
         return env
 
     def statement_set(self, discard: bool = False):
@@ -192,9 +192,7 @@ class StreamJob:
 
     def dropped(self) -> dict[str, dict[str, int]]:
         """View -> reason -> events dropped so far (read from Redis)."""
-        import redis
-
-        r = redis.Redis.from_url(self.redis_url)
+        r = redis_client.sync_client(self.store)
         try:
             return {o.name: layout.dropped_totals(
                         r.hgetall(layout.dropped_key(self.project, o.name, o.fingerprint)))
@@ -291,10 +289,11 @@ def run_until_stopped(job: StreamJob, say: Callable[[str], None],
         job.stop()
 
 
-def stream(plan: Plan, root: Path, project: str, redis_url: str | Callable[[], str],
+def stream(plan: Plan, root: Path, project: str,
+           store: redis_client.RedisTarget | str | Callable[[], redis_client.RedisTarget | str],
            options: StreamOptions, say: Callable[[str], None], fresh: bool = False) -> None:
     """`featurestore stream`: run the job locally until stopped, or submit it
-    to a cluster and return. `redis_url` may be a function, called once the
+    to a cluster and return. `store` may be a function, called once the
     job is known to compile. Raises UserError for what the user can fix."""
     from featurestore.errors import UserError
 
@@ -302,13 +301,13 @@ def stream(plan: Plan, root: Path, project: str, redis_url: str | Callable[[], s
         flink_sql.compile_job(plan)
     except flink_sql.Unsupported as e:
         raise UserError(f"the streaming job cannot run: {e}") from None
-    redis_url = redis_url() if callable(redis_url) else redis_url
-    job = StreamJob(plan, root, project, redis_url, options)
+    store = store() if callable(store) else store
+    job = StreamJob(plan, root, project, store, options)
     if fresh and job.checkpoints and job.local:
         shutil.rmtree(job.checkpoints, ignore_errors=True)
     parts = ", ".join(f"{s.name} ({', '.join(p for p in s.parts if p != 'dropped')})"
                       for s in job.job.sinks)
-    say(f"streaming {parts} of project {project} into {_without_password(redis_url)}")
+    say(f"streaming {parts} of project {project} into {job.store}")
     job_id = job.start()
     if not job.local:
         say(f"submitted job {job_id} to {options.jobmanager}; stop it with "
@@ -322,10 +321,3 @@ def stream(plan: Plan, root: Path, project: str, redis_url: str | Callable[[], s
         say(f"checkpoints every {options.checkpoint_interval_ms / 1000:g} s {where}")
     say("Ctrl-C stops it; `featurestore stream` again continues where it stopped")
     run_until_stopped(job, say)
-
-
-def _without_password(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"

@@ -21,7 +21,14 @@ the clock reaches that event, by the next write or a timer of the sink,
 unless a later update of the same tile or row replaced it first. Meanwhile
 the tile or row keeps the value it had: a request at t never counts an event
 after t, at the price of that one tile or row lagging until its newest event
-is due.
+is due. On a Redis Cluster the deferred hash and the entity keys lie in
+different slots, so a release is three steps, each on one slot, under the
+sink's lock (only this sink writes its keys): read which held values are
+still there, write them, then remove each entry that still holds the value
+written (a crash in between writes the same value again later: harmless).
+
+The sink writes to one node, a Sentinel's master or a cluster
+(`featurestore.redis_client`: one pipeline per master there).
 
 `input_fields` is the contract with `streaming.flink_sql`: the columns each
 function receives, in order; how their values are spelled and read back is
@@ -37,30 +44,24 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Callable, Sequence
 
-from featurestore import layout, tiles
+from featurestore import layout, redis_client, tiles
 from streaming.wire import DECODERS, Field, decoded_kind, latest_decoder, unflag
 
 TILES, LATEST, DROPPED = "tiles", "latest", "dropped"
 RELEASE_INTERVAL_S = 0.25   # how often a sink looks for held updates that are due
 
-# Writes a held update (KEYS[1] the deferred hash, KEYS[2] its key; ARGV: the
-# entry, its stored value, the hash field or '' for a row, the value, the
-# expiry in ms or 0) only while the hash still holds that very value: a later
-# update of the same tile or row replaced or removed it otherwise.
-_RELEASE = """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-local expire = tonumber(ARGV[5])
-if ARGV[3] == '' then
-  if expire > 0 then redis.call('SET', KEYS[2], ARGV[4], 'PXAT', expire)
-  else redis.call('SET', KEYS[2], ARGV[4]) end
-  return 1
+# Removes released entries from the deferred hash (KEYS[1]; ARGV: entry,
+# value, entry, value, ...), each only while it still holds the value that
+# was written: a later update of the same tile or row replaced it otherwise.
+_FORGET = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    n = n + 1
+  end
 end
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-if expire > 0 and redis.call('PEXPIRETIME', KEYS[2]) < expire then
-  redis.call('PEXPIREAT', KEYS[2], expire)
-end
-return 1
+return n
 """
 
 
@@ -164,15 +165,13 @@ class WriteStats:
 class RedisSink:
     """Writes one output of one view to Redis, one pipelined round trip per batch."""
 
-    def __init__(self, project: str, view: ViewOutput, part: str, redis_url: str,
-                 clock: Clock = wall_clock_us):
-        import redis
-
+    def __init__(self, project: str, view: ViewOutput, part: str,
+                 store: redis_client.RedisTarget | str, clock: Clock = wall_clock_us):
         if part not in view.parts:
             raise ValueError(f"view {view.name!r} has no {part!r} output")
         self.project, self.view, self.part = project, view, part
         self.fields = input_fields(view, part)
-        self._redis = redis.Redis.from_url(redis_url)
+        self._redis = redis_client.sync_client(store)
         self._clock = clock
         self._keys: dict[tuple, bytes] = {}
         self._expiry: dict[bytes, int] = {}   # the expiry each tiles key was last given
@@ -191,7 +190,8 @@ class RedisSink:
         # updates held until their newest event is due: entry -> (release µs, stored value)
         self._deferred_key = layout.deferred_key(project, view.name, view.fingerprint)
         self._pending: dict[bytes, tuple[int, bytes]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()   # guards _pending
+        self._io = threading.RLock()     # one write or release at a time
         self._stop = threading.Event()
         self._timer = None
         self._script = None
@@ -234,24 +234,40 @@ class RedisSink:
     def release_due(self) -> int:
         """Write the held updates whose newest event the clock has reached,
         each only if no later update replaced it meanwhile. Returns how many."""
-        now = self._clock()
-        with self._lock:
-            due = [(entry, value) for entry, (release, value) in self._pending.items()
-                   if release <= now]
-        if not due:
-            return 0
-        if self._script is None:
-            self._script = self._redis.register_script(_RELEASE)
-        for entry, value in due:
-            key, _, field = entry.partition(b"\x00")
-            _, expire_ms, payload = layout.decode_deferred(value)
-            self._script(keys=[self._deferred_key, key],
-                   args=[entry, value, field, payload, expire_ms or 0])
+        with self._io:
+            now = self._clock()
             with self._lock:
-                if self._pending.get(entry, (0, None))[1] == value:
-                    del self._pending[entry]
-        self.stats.released += len(due)
-        return len(due)
+                due = [(entry, value) for entry, (release, value) in self._pending.items()
+                       if release <= now]
+            if not due:
+                return 0
+            held = self._redis.hmget(self._deferred_key, [entry for entry, _ in due])
+            still = [(entry, value) for (entry, value), now_held in zip(due, held)
+                     if now_held == value]
+            commands: list[tuple] = []
+            for entry, value in still:
+                key, _, field = entry.partition(b"\x00")
+                _, expire_ms, payload = layout.decode_deferred(value)
+                if not field:
+                    commands.append((b"SET", key, payload)
+                                    + ((b"PXAT", expire_ms) if expire_ms else ()))
+                    continue
+                commands.append((b"HSET", key, field, payload))
+                if expire_ms:   # a later expiry only: NX where it has none, else GT
+                    commands += [(b"PEXPIREAT", key, expire_ms, b"NX"),
+                                 (b"PEXPIREAT", key, expire_ms, b"GT")]
+            self._send(commands)
+            if self._script is None:
+                self._script = self._redis.register_script(_FORGET)
+            if still:
+                self._script(keys=[self._deferred_key],
+                             args=[part for pair in still for part in pair])
+            with self._lock:
+                for entry, value in due:
+                    if self._pending.get(entry, (0, None))[1] == value:
+                        del self._pending[entry]
+            self.stats.released += len(still)
+            return len(still)
 
     def _defer(self, commands: list, key: bytes, field: bytes, release_us: int,
                expire_ms: int | None, value: bytes) -> None:
@@ -281,6 +297,10 @@ class RedisSink:
         if len(columns) != len(self.fields):
             raise ValueError(f"{self.part} of view {self.view.name!r} takes "
                              f"{len(self.fields)} columns, not {len(columns)}")
+        with self._io:
+            return self._write(columns)
+
+    def _write(self, columns: Sequence[list]) -> int:
         if self.part != DROPPED and self._pending:
             self.release_due()
         if self.part != DROPPED:
@@ -314,23 +334,10 @@ class RedisSink:
         return written
 
     def _send(self, commands: list[tuple]) -> None:
-        """Send commands in one round trip and read every reply (an error
-        reply raises: the job fails and replays from its last checkpoint)."""
-        if not commands:
-            return
-        import hiredis  # packs in C: a third of redis-py's pipeline cost per command
-
-        pool = self._redis.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command([b"".join([hiredis.pack_command(c) for c in commands])])
-            for _ in commands:
-                conn.read_response(disable_decoding=True)
-        except BaseException:
-            conn.disconnect()  # replies may be left unread: never reuse it
-            raise
-        finally:
-            pool.release(conn)
+        """Send commands in one round trip (per cluster master) and read every
+        reply (an error reply raises: the job fails and replays from its last
+        checkpoint)."""
+        redis_client.execute(self._redis, commands)
 
     def _unflag(self, columns: Sequence[list]) -> list[list]:
         """The value columns, None where a field's null flag is set."""

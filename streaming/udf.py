@@ -9,8 +9,9 @@ from __future__ import annotations
 from streaming.sink import RedisSink, ViewOutput, input_fields
 
 
-def sink_function(project: str, view: ViewOutput, part: str, redis_url: str):
-    """A pandas UDF that writes `part` of `view`; it returns 0 per row, for a
+def sink_function(project: str, view: ViewOutput, part: str, store):
+    """A pandas UDF that writes `part` of `view` to the online store `store`
+    (`featurestore.redis_client.RedisTarget`); it returns 0 per row, for a
     blackhole (a function is the only way into Python from Flink SQL)."""
     from pyflink.table import DataTypes
     from pyflink.table.udf import ScalarFunction, udf
@@ -20,7 +21,7 @@ def sink_function(project: str, view: ViewOutput, part: str, redis_url: str):
             self._sink = None
 
         def open(self, function_context):
-            self._sink = RedisSink(project, view, part, redis_url)
+            self._sink = RedisSink(project, view, part, store)
             self._kinds = [f.kind for f in input_fields(view, part)]
             group = function_context.get_metric_group().add_group("featurestore")
             self._written = group.counter(f"{view.name}_{part}_writes")
