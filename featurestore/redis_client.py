@@ -449,7 +449,7 @@ class SlotMap:
         order = np.argsort(owners, kind="stable")
         sorted_owners = owners[order]
         cuts = np.flatnonzero(np.diff(sorted_owners)) + 1
-        return [(self.masters[int(sorted_owners[part[0]])], part)
+        return [(self.masters[int(owners[part[0]])], part)
                 for part in np.split(order, cuts) if len(part)]
 
 

@@ -1,6 +1,8 @@
 """Shared fixtures: a real Redis for the whole session, cleaned between tests."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import prometheus_client  # noqa: F401  (before feast: see below)
 import pytest
 import redis
@@ -11,7 +13,7 @@ import redis
 # (a `featurestore serve` process imports no feast; its workers set the
 # variable themselves before they start).
 
-from featurestore import redis_local
+from featurestore import redis_client, redis_local
 
 
 def _docker_redis():
@@ -50,6 +52,39 @@ def redis_url(redis_server):
     r.flushall()
     r.close()
     return redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A Redis Cluster of 3 masters and 3 replicas on free loopback ports,
+    for the session (`tests.redis_topologies.LocalCluster`)."""
+    from tests.redis_topologies import LocalCluster
+
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@dataclass
+class Store:
+    """An emptied online store of one kind: its target and a client that reads it."""
+    kind: str
+    target: redis_client.RedisTarget
+    client: object
+
+
+@pytest.fixture(params=[redis_client.SINGLE, redis_client.CLUSTER])
+def store(request):
+    """The session's single node, then the session's cluster, each emptied."""
+    if request.param == redis_client.CLUSTER:
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        target = cluster.target
+    else:
+        target = redis_client.single(request.getfixturevalue("redis_url"))
+    client = redis_client.sync_client(target)
+    yield Store(request.param, target, client)
+    client.close()
 
 
 def pytest_addoption(parser):
