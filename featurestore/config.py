@@ -51,8 +51,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from featurestore.errors import ConfigError
 
@@ -69,23 +68,11 @@ class _Section(BaseModel):
 
 class OnlineStore(_Section):
     """Where the online store is (`featurestore.redis_client` reads it).
-    Feast's `redis_type` is accepted for `type`."""
+    Feast's `redis_type` is read as `type` (`load`)."""
     type: Literal["redis", "redis_cluster", "redis_sentinel"] = "redis"
     url: Optional[str] = None                   # None (and no connection_string): a private redis-server
     connection_string: Optional[str] = None     # Feast's "host:port,...,ssl=true,password=..."
     sentinel_master: str = "mymaster"           # redis_sentinel: the master's name
-
-    @model_validator(mode="before")
-    @classmethod
-    def _feast_redis_type(cls, value: Any):
-        """Feast writes `type: redis` and `redis_type: redis_cluster`."""
-        if isinstance(value, dict) and "redis_type" in value:
-            value = dict(value)
-            kind = value.pop("redis_type")
-            if value.get("type", "redis") not in ("redis", kind):
-                raise ValueError(f"type {value['type']!r} and redis_type {kind!r} disagree")
-            value["type"] = kind
-        return value
 
     @property
     def configured(self) -> bool:
@@ -316,6 +303,7 @@ def load(root: Path) -> RepoConfig:
     doc = pos.plain(node) if node is not None else {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
+    _feast_redis_type(pos, doc)
     for var, (section, key) in ENV_OVERRIDES.items():
         value = os.environ.get(var)
         if value:
@@ -339,8 +327,6 @@ def load(root: Path) -> RepoConfig:
         env = [v for v, target in ENV_OVERRIDES.items()
                if target == loc[:2] and os.environ.get(v)]
         source = f" (from {env[0]})" if env else ""
-        if err["type"] == "value_error" and len(loc) == 1:   # a section's own check
-            pos.fail(dotted, err["msg"].removeprefix("Value error, "))
         pos.fail(f"{dotted}#value",
               f"{err['msg']}, not {err.get('input')!r}{source}")
     if settings.project is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*",
@@ -357,6 +343,21 @@ def load(root: Path) -> RepoConfig:
     if settings.serving.tls_client_ca and not settings.serving.tls_cert:
         pos.fail("serving.tls_client_ca", "mutual TLS needs tls_cert and tls_key too")
     return RepoConfig(root=root, settings=settings)
+
+
+def _feast_redis_type(pos: _Positions, doc: dict) -> None:
+    """Feast writes `type: redis` and `redis_type: redis_cluster`: read
+    `redis_type` as our `type`."""
+    store = doc.get("online_store")
+    if not isinstance(store, dict) or "redis_type" not in store:
+        return
+    kind = store.pop("redis_type")
+    if store.get("type", "redis") not in ("redis", kind):
+        pos.fail("online_store.redis_type", f"type {store['type']!r} and redis_type "
+                 f"{kind!r} disagree: give one")
+    store["type"] = kind
+    pos.marks["online_store.type"] = pos.marks["online_store.redis_type"]
+    pos.marks["online_store.type#value"] = pos.marks["online_store.redis_type#value"]
 
 
 def _check_online_store(pos: _Positions, store: OnlineStore) -> None:

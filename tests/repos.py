@@ -21,8 +21,16 @@ def template_repo(root: Path, *generate_args: str) -> Path:
 
 def use_redis(root: Path, url: str) -> Path:
     """Point the repo's featurestore.yaml (a template's) at the Redis at `url`."""
+    return use_online_store(root, url=url)
+
+
+def use_online_store(root: Path, **settings: str) -> Path:
+    """Set the repo's (a template's) online_store settings, e.g.
+    type="redis_cluster", connection_string="h1:p1,h2:p2"."""
     path = root / "featurestore.yaml"
     text = path.read_text()
     assert REDIS_LINE in text, path
-    path.write_text(text.replace(REDIS_LINE, f"  url: {url}"))
+    lines = "\n".join(f"  {key}: {value!r}" if key == "connection_string" else
+                      f"  {key}: {value}" for key, value in settings.items())
+    path.write_text(text.replace(REDIS_LINE, lines))
     return root

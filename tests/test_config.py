@@ -93,3 +93,64 @@ def test_config_prints_the_effective_settings_with_secrets_masked(tmp_path, monk
     assert "url: redis://app:***@cache:6379/0" in out
     assert "- '***'" in out and "port: 7000" in out
     assert "max_entities: 10000" in out and "project: shop" in out
+
+
+@pytest.mark.parametrize("text, message", [
+    ("online_store:\n  type: redis_clustr\n",
+     "featurestore.yaml:2:9: online_store.type: Input should be 'redis', 'redis_cluster' or "
+     "'redis_sentinel'"),
+    ("online_store:\n  type: redis_cluster\n",
+     "featurestore.yaml:2:9: online_store.type: redis_cluster needs connection_string"),
+    ("online_store:\n  type: redis_sentinel\n  url: redis://h:1\n",
+     "featurestore.yaml:3:8: online_store.url: redis_sentinel needs connection_string"),
+    ("online_store:\n  type: redis_cluster\n  connection_string: \"h1:7000,h2\"\n",
+     "featurestore.yaml:3:22: online_store.connection_string: 'h2' is not host:port"),
+    ("online_store:\n  connection_string: h1:7000,ssl=yes,password=hunter2\n",
+     "online_store.connection_string: ssl must be true or false"),
+    ("online_store:\n  connection_string: h1:7000,timeout=1\n",
+     "unknown connection_string parameter 'timeout'; known: password, username, ssl, db"),
+    ("online_store:\n  connection_string: h1:7000,h2:7001\n",
+     "online_store.connection_string: type redis takes one host:port"),
+    ("online_store:\n  url: redis://h:1/0\n  connection_string: h:1\n",
+     "give url or connection_string, not both"),
+    ("online_store:\n  type: redis_cluster\n  url: redis://h:1/2\n",
+     "Redis Cluster has only database 0"),
+    ("online_store:\n  url: http://h:1\n", "online_store.url: a Redis URL starts with redis://"),
+    ("online_store:\n  type: redis_cluster\n  redis_type: redis_sentinel\n  password: x\n",
+     "featurestore.yaml:3:3: online_store.redis_type: type 'redis_cluster' and redis_type "
+     "'redis_sentinel' disagree"),
+])
+def test_online_store_mistakes_are_named_at_their_line(tmp_path, text, message):
+    with pytest.raises(ConfigError) as e:
+        config.load(_repo(tmp_path, text))
+    assert message in str(e.value)
+    assert "hunter2" not in str(e.value)
+
+
+def test_online_store_kinds_as_feast_spells_them(tmp_path, monkeypatch, capsys):
+    cfg = config.load(_repo(tmp_path, "online_store:\n  type: redis\n  redis_type: redis_cluster\n"
+                                      "  connection_string: \"a:7000, b:7001,ssl=true,"
+                                      "password=hunter2\"\n"))
+    t = cfg.redis_target
+    assert (t.kind, t.nodes, dict(t.options)) == (
+        "redis_cluster", (("a", 7000), ("b", 7001)), {"ssl": True, "password": "hunter2"})
+    assert "hunter2" not in t.describe()
+    cfg = config.load(_repo(tmp_path, "online_store:\n  type: redis_sentinel\n"
+                                      "  connection_string: s1:26379,s2:26379,db=2\n"))
+    t = cfg.redis_target
+    assert (t.kind, t.nodes, t.master, dict(t.options)) == (
+        "redis_sentinel", (("s1", 26379), ("s2", 26379)), "mymaster", {"db": 2})
+    t = config.load(_repo(tmp_path, "online_store:\n  type: redis_cluster\n"
+                                    "  url: rediss://u:p@c:7000\n")).redis_target
+    assert (t.nodes, dict(t.options)) == ((("c", 7000),), {"ssl": True, "username": "u",
+                                                            "password": "p"})
+    assert config.load(_repo(tmp_path, "online_store:\n  url: redis://h:1/3\n")
+                       ).redis_target.url == "redis://h:1/3"
+    # the variable names the whole address: a file's connection_string gives way
+    monkeypatch.setenv("FEATURESTORE_REDIS_URL", "redis://other:6379/0")
+    _repo(tmp_path, "online_store:\n  connection_string: \"h:1,password=hunter2\"\n")
+    assert config.load(tmp_path).redis_target.url == "redis://other:6379/0"
+    monkeypatch.delenv("FEATURESTORE_REDIS_URL")
+    assert cli(["config", "--repo", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "password=***" in out
