@@ -11,7 +11,7 @@ Keys (UTF-8):
     fs3:<project>:<view>:<fingerprint>:{<entity key>}:r   latest row of the view
     fs3:<project>:<view>:<fingerprint>:{<entity key>}:t   tiles of the view (a hash)
     fs3:<project>:<view>:<fingerprint>:materialized       the batch watermark (JSON)
-    fs3:<project>:<view>:<fingerprint>:dropped            events the stream dropped (a hash)
+    fs3:<project>:<view>:<fingerprint>:dropped            the stream's counts of events (a hash)
     fs3:<project>:<view>:<fingerprint>:live               the stream job writes this version (JSON)
     fs3:<project>:<view>:<fingerprint>:deferred           stream updates held until their time (a hash)
 
@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field as _field
 from typing import Iterable, Mapping, Sequence
 
 LAYOUT_VERSION = 3
@@ -123,22 +124,50 @@ def encode_live(since_us: int) -> bytes:
 
 
 def dropped_key(project: str, view: str, fingerprint: str) -> bytes:
-    """Hash of the events the streaming job dropped for the view: field
-    `<reason>:<hour start µs>`, value the count (decimal ASCII)."""
+    """Hash of what the streaming job did with the view's input, per hour of
+    its clock: field `<reason>:<hour start µs>`, value the count (decimal
+    ASCII), where the reason is why events were dropped (`STREAM_DROPS`
+    names those the job knows) or `counted` (events the view counted);
+    `newest:<hour start µs>` holds the time (µs) of the newest event counted
+    that hour which was not ahead of the job's clock."""
     return f"{PREFIX}:{project}:{view}:{fingerprint}:dropped".encode()
+
+
+# Why the stream drops a line or an event (streaming.flink_sql); the hash
+# may hold others, written by another version of the job.
+STREAM_DROPS = ("late", "future", "invalid", "unparsable", "invalid_utf8")
+COUNTED, NEWEST = "counted", "newest"
 
 
 def dropped_field(reason: str, hour_us: int) -> bytes:
     return f"{reason}:{int(hour_us)}".encode()
 
 
+@dataclass(frozen=True)
+class StreamCounts:
+    """A view's `dropped_key` hash, summed over hours."""
+    counted: int = 0                    # events the view counted
+    dropped: Mapping[str, int] = _field(default_factory=dict)   # reason -> events dropped
+    newest_us: int | None = None        # the newest event counted, not ahead of the clock
+
+
+def stream_counts(raw: Mapping[bytes, bytes]) -> StreamCounts:
+    """The counts of a `dropped_key` hash: counts summed over hours, the newest time the latest."""
+    counted, dropped, newest = 0, {}, None
+    for name, value in raw.items():
+        reason = name.decode().partition(":")[0]
+        if reason == NEWEST:
+            newest = int(value) if newest is None else max(newest, int(value))
+        elif reason == COUNTED:
+            counted += int(value)
+        else:
+            dropped[reason] = dropped.get(reason, 0) + int(value)
+    return StreamCounts(counted, dropped, newest)
+
+
 def dropped_totals(raw: Mapping[bytes, bytes]) -> dict[str, int]:
     """Reason -> events dropped, summed over hours, from a `dropped_key` hash."""
-    totals: dict[str, int] = {}
-    for field, count in raw.items():
-        reason = field.decode().partition(":")[0]
-        totals[reason] = totals.get(reason, 0) + int(count)
-    return totals
+    return dict(stream_counts(raw).dropped)
 
 
 def tile_field(tile_start_us: int, size_us: int | None = None) -> bytes:

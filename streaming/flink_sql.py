@@ -13,6 +13,8 @@ text: `typed_source_sql`) and, per stream view:
                      and its rollup tiles (streaming.flink_states)
     <view>__latest   per entity the latest row (streaming.flink_states)
     <view>__dropped  per reason and hour, how many rows the view dropped
+                     (and the lines its source could not read:
+                     `<source>__unread`), and how many it counted
 
 Each of the last three is inserted through a Python function of its own
 (streaming.job) that writes its updates to Redis (streaming.sink). No Python
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsl.plan import Plan, Source, View
-from featurestore import windows
+from featurestore import layout, windows
 from streaming import flink_states, sink, wire
 from streaming.flink_expr import (KINDS, Unsupported, epoch_us, expr_sql, floor_to, ident,
                                   sql_type, string)
@@ -55,6 +57,8 @@ class SourceSettings:
     root: Path = Path("")            # the repo: relative file paths are below it
     monitor_interval_ms: int = 100   # how often a files folder is listed
     bounded: bool = False            # read the files there are, then stop (benchmarks)
+    count_lines: bool = True         # read json sources twice, to count the lines
+                                     # Flink's reader skips (`unread_sql`)
 
 
 # A field of a json or csv stream is read as text and converted in SQL
@@ -114,11 +118,17 @@ def source_ddl(source: Source, settings: SourceSettings = SourceSettings()) -> s
     if source.kind != "stream":
         raise Unsupported(f"source {source.name} is a {source.kind} source, not a stream", "Flink")
     text = set(text_columns(source))
-    columns = [f"  {ident(c)} {'STRING' if c in text else sql_type(t)}" for c, t in source.schema]
+    columns = [f"{ident(c)} {'STRING' if c in text else sql_type(t)}" for c, t in source.schema]
     options = _CONNECTORS[source.format](source, settings)
-    body = ",\n".join(columns)
+    if source.format != "datagen":
+        options += _format_options(source)
+    return _table(source.name, columns, options)
+
+
+def _table(name: str, columns: list[str], options: list[tuple[str, str]]) -> str:
+    body = ",\n".join(f"  {c}" for c in columns)
     opts = ",\n".join(f"  {string(k)} = {string(v)}" for k, v in options)
-    return f"CREATE TEMPORARY TABLE {ident(source.name)} (\n{body}\n) WITH (\n{opts}\n)"
+    return f"CREATE TEMPORARY TABLE {ident(name)} (\n{body}\n) WITH (\n{opts}\n)"
 
 
 def _format_options(source: Source) -> list[tuple[str, str]]:
@@ -127,7 +137,8 @@ def _format_options(source: Source) -> list[tuple[str, str]]:
         # Timestamps as ISO-8601 with a Z ("2026-01-01T12:00:00.000001Z"). A
         # timestamp that does not parse is null (the row is then "invalid"
         # when that is its time); other fields are text to the format
-        # (`text_columns`); a line that is not JSON is skipped.
+        # (`text_columns`); a line that is not a JSON object is skipped
+        # (and counted: `unread_sql`).
         return [("format", "json"), ("json.timestamp-format.standard", "ISO-8601"),
                 ("json.ignore-parse-errors", "true")]
     if fmt == "csv":  # timestamps as "2026-01-01 12:00:00.000001Z"
@@ -143,7 +154,7 @@ def _files(source: Source, settings: SourceSettings) -> list[tuple[str, str]]:
     options = [("connector", "filesystem"), ("path", uri)]
     if not settings.bounded:
         options.append(("source.monitor-interval", f"{settings.monitor_interval_ms} ms"))
-    return options + _format_options(source)
+    return options
 
 
 _KAFKA_START = {"earliest": "earliest-offset", "latest": "latest-offset"}
@@ -160,7 +171,7 @@ def _kafka(source: Source, settings: SourceSettings) -> list[tuple[str, str]]:
                ("scan.startup.mode", start)]
     if start == "group-offsets":
         options.append(("properties.auto.offset.reset", "earliest"))
-    return options + _format_options(source)
+    return options
 
 
 def _datagen(source: Source, settings: SourceSettings) -> list[tuple[str, str]]:
@@ -175,6 +186,62 @@ def _datagen(source: Source, settings: SourceSettings) -> list[tuple[str, str]]:
 
 
 _CONNECTORS = {"files": _files, "kafka": _kafka, "datagen": _datagen}
+
+
+# ================================================================ unread lines
+# Flink's json reader skips, uncounted, a line that is not a JSON object
+# (not JSON, an array or a scalar, nested deeper than 1,000 levels, empty)
+# and most lines that are not UTF-8. The job therefore reads a json source
+# a second time, each line as bytes (`format = raw`), and counts the lines
+# that the reader cannot use, by reason. Its test is the reader's, as
+# observed in Flink 2.3: the reader also takes control characters inside
+# strings, tabs and a byte order mark, which a JSON test refuses, so a line
+# that fails it is tried again with those replaced (a control character by
+# a letter, which is fine in a string and not outside one). A line that is
+# not UTF-8 is counted `invalid_utf8` whether or not the reader skipped it:
+# it reads some (a broken sequence inside a string makes that field null,
+# an overlong one or a surrogate becomes another character).
+_RELAXED = r"REGEXP_REPLACE(REGEXP_REPLACE({0}, '[\x00-\x08\x0B\x0C\x0E-\x1F]', 'x'), " \
+           r"'^\x{{FEFF}}|[\t\r]', ' ')"
+
+
+def counts_lines(source: Source, settings: SourceSettings) -> bool:
+    """Whether the job reads the source a second time to count the lines
+    its reader skips: json files and Kafka sources, unless turned off."""
+    return (settings.count_lines and source.format in ("files", "kafka")
+            and dict(source.options).get("format", "json") == "json")
+
+
+def lines_table(source: Source) -> str:
+    return f"{source.name}__lines"
+
+
+def unread_view(source: Source) -> str:
+    return f"{source.name}__unread"
+
+
+def lines_ddl(source: Source, settings: SourceSettings) -> str:
+    """CREATE TABLE of the source's lines as bytes, one row per line (or
+    message); a Kafka source reads them in a consumer group of its own."""
+    options = [(k, f"{v}-lines" if k == "properties.group.id" else v)
+               for k, v in _CONNECTORS[source.format](source, settings)]
+    return _table(lines_table(source), ["`line` BYTES"], options + [("format", "raw")])
+
+
+def unread_sql(source: Source) -> str:
+    """Per line the reader cannot use: why (`__drop`) and the hour of the job's clock."""
+    text = "`__text`"
+    reason = (f"CASE WHEN POSITION(U&'\\FFFD' IN {text}) > 0 "
+              f"AND ENCODE({text}, 'UTF-8') <> `line` THEN 'invalid_utf8' "
+              f"WHEN {text} IS JSON OBJECT THEN CAST(NULL AS STRING) "
+              f"WHEN {_RELAXED.format(text)} IS JSON OBJECT THEN CAST(NULL AS STRING) "
+              "ELSE 'unparsable' END")
+    return (f"CREATE TEMPORARY VIEW {ident(unread_view(source))} AS\n"
+            f"SELECT `__drop`, {floor_to('`__now`', DROP_HOUR_US)} AS `__hour` FROM (\n"
+            f"SELECT {reason} AS `__drop`, UNIX_TIMESTAMP() * 1000000 AS `__now`\n"
+            f"FROM (SELECT `line`, DECODE(`line`, 'UTF-8') AS {text} "
+            f"FROM {ident(lines_table(source))}))\n"
+            "WHERE `__drop` IS NOT NULL")
 
 
 # ================================================================ views
@@ -240,13 +307,20 @@ def _late(view: View, source: Source) -> str | None:
     return " OR ".join(conditions) or None
 
 
-def dropped_sql(view: View) -> str:
-    """Per reason and hour of the job's clock: how many rows the view dropped."""
+def dropped_sql(view: View, unread: str | None = None) -> str:
+    """Per reason and hour of the job's clock: how many rows the view
+    dropped, and the lines of its source that Flink could not read (the
+    view `unread`); and as `counted`, how many it counted, with the newest
+    of those not ahead of the clock."""
     hour = floor_to("`__now`", DROP_HOUR_US)
+    rows = (f"SELECT COALESCE(`__drop`, {string(layout.COUNTED)}) AS `__drop`, {hour} AS `__hour`, "
+            "CASE WHEN `__drop` IS NULL AND `__ts` <= `__now` THEN `__ts` END AS `__newest` "
+            f"FROM {ident(rows_view(view))}")
+    if unread is not None:
+        rows += f"\nUNION ALL SELECT `__drop`, `__hour`, CAST(NULL AS BIGINT) FROM {ident(unread)}"
     return (f"CREATE TEMPORARY VIEW {ident(view.name + '__dropped')} AS\n"
-            f"SELECT `__drop`, {hour} AS `__hour`, COUNT(*) AS `__count` "
-            f"FROM {ident(rows_view(view))} WHERE `__drop` IS NOT NULL "
-            f"GROUP BY `__drop`, {hour}")
+            "SELECT `__drop`, `__hour`, COUNT(*) AS `__count`, MAX(`__newest`) AS `__newest` "
+            f"FROM (\n{rows})\nGROUP BY `__drop`, `__hour`")
 
 
 # ================================================================ outputs
@@ -276,7 +350,7 @@ def _arguments(view: View, out: sink.ViewOutput, part: str) -> list[tuple[str, s
     elif part == sink.LATEST:
         sources = [*(ident(k) for k, _ in view.keys), "`latest`"]
     else:
-        sources = ["`__drop`", "`__hour`", "`__count`"]
+        sources = ["`__drop`", "`__hour`", "`__count`", "`__newest`"]
     fields = [f for f in sink.input_fields(out, part) if not f.name.endswith("__null")]
     return [arg for sql, f in zip(sources, fields, strict=True) for arg in wire.field_sql(sql, f)]
 
@@ -344,11 +418,15 @@ def compile_job(plan: Plan, settings: SourceSettings = SourceSettings(),
     views = stream_views(plan)
     if not views:
         raise Unsupported("no view reads a stream source", "Flink")
-    statements = []
+    statements, unread = [], {}
     for name in sorted({v.source for v in views}):
-        statements.append(source_ddl(plan.source(name), settings))
-        typed = typed_source_sql(plan.source(name))
+        source = plan.source(name)
+        statements.append(source_ddl(source, settings))
+        typed = typed_source_sql(source)
         statements += [typed] if typed else []
+        if counts_lines(source, settings):
+            statements += [lines_ddl(source, settings), unread_sql(source)]
+            unread[name] = unread_view(source)
     outputs, sinks = [], []
     for i, v in enumerate(views):
         statements.append(view_rows_sql(v, plan.source(v.source)))
@@ -356,7 +434,7 @@ def compile_job(plan: Plan, settings: SourceSettings = SourceSettings(),
             statements += flink_states.tiles_sql(v, rows_view(v), _kept(_tile_cut(v)))
         if v.row_features:
             statements.append(flink_states.latest_sql(v, rows_view(v), _kept(_row_cut(v))))
-        statements.append(dropped_sql(v))
+        statements.append(dropped_sql(v, unread.get(v.source)))
         out = view_output(v)
         sinks.append(out)
         outputs += [_output(v, i, out, part) for part in out.parts]

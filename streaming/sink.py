@@ -6,7 +6,8 @@ Python function (`streaming.job`) that hands Arrow batches to a `RedisSink`:
     tiles     per (entity, tile): the state columns of every aggregation, for
               tiles of the view's size and for its rollups (windows.levels)
     latest    per entity: the latest row, as streaming.wire spells it
-    dropped   per reason and hour: how many events the view dropped
+    dropped   per reason and hour: how many events the view dropped, and
+              how many it counted with the time of the newest of those
 
 Every update carries the full state of what it describes, so a write replaces
 what Redis held, and an update replayed after a failure writes the same bytes
@@ -121,7 +122,7 @@ def input_fields(view: ViewOutput, part: str) -> list[Field]:
         fields = [*view.keys, Field("latest", "string", False)]
     else:
         fields = [Field("reason", "string", False), Field("hour", "int", False),
-                  Field("count", "int", False)]
+                  Field("count", "int", False), Field("newest", "int", True)]
     out = []
     for f in fields:
         out.append(f)
@@ -319,7 +320,9 @@ class RedisSink:
         else:
             key = layout.dropped_key(self.project, self.view.name, self.view.fingerprint)
             commands = [(b"HSET", key, layout.dropped_field(reason, hour), count)
-                        for reason, hour, count in zip(*values)]
+                        + (() if newest is None else (layout.dropped_field(layout.NEWEST, hour),
+                                                      newest))
+                        for reason, hour, count, newest in zip(*values)]
         written = len(commands)
         if commands and not self._live and self.part != DROPPED:
             commands.append((b"SET", layout.live_key(self.project, self.view.name,

@@ -263,3 +263,23 @@ def test_aggregations_that_share_a_column_compute_it_once():
     out = job.sinks[0]
     assert [f.name for f in sink.input_fields(out, sink.TILES) if not f.name.endswith("__null")
             ] == ["k0", "size", "tile", "newest", *fields]   # (hour rollups: a 1-day window)
+
+
+def test_json_sources_are_read_again_to_count_the_lines_flink_skips():
+    """files and Kafka json sources: a raw read counted into each view's
+    drops (Kafka in a consumer group of its own); none for datagen, or when
+    turned off."""
+    plan = _plan()
+    job = flink_sql.compile_job(plan, flink_sql.SourceSettings(root=REPO))
+    text = "\n".join(job.statements)
+    assert "CREATE TEMPORARY TABLE `purchases__lines` (\n  `line` BYTES\n)" in text
+    assert "'properties.group.id' = 'features-lines'" in text
+    assert "synthetic__lines" not in text
+    spend = next(s for s in job.statements if s.startswith(
+        "CREATE TEMPORARY VIEW `user_spend__dropped`"))
+    assert "UNION ALL SELECT `__drop`, `__hour`, CAST(NULL AS BIGINT) FROM `purchases__unread`" \
+        in spend
+    off = flink_sql.compile_job(plan, flink_sql.SourceSettings(root=REPO, count_lines=False))
+    assert not any("__lines" in s or "__unread" in s for s in off.statements)
+    csv = dataclasses.replace(plan.source("purchases"), options=(("format", "csv"),))
+    assert not flink_sql.counts_lines(csv, flink_sql.SourceSettings())

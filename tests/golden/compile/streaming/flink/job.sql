@@ -28,6 +28,23 @@ CREATE TEMPORARY TABLE `clicks` (
   'json.ignore-parse-errors' = 'true'
 );
 
+CREATE TEMPORARY TABLE `clicks__lines` (
+  `line` BYTES
+) WITH (
+  'connector' = 'kafka',
+  'topic' = 'clicks',
+  'properties.bootstrap.servers' = 'localhost:9092',
+  'properties.group.id' = 'features-lines',
+  'scan.startup.mode' = 'earliest-offset',
+  'format' = 'raw'
+);
+
+CREATE TEMPORARY VIEW `clicks__unread` AS
+SELECT `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000)) AS `__hour` FROM (
+SELECT CASE WHEN POSITION(U&'\FFFD' IN `__text`) > 0 AND ENCODE(`__text`, 'UTF-8') <> `line` THEN 'invalid_utf8' WHEN `__text` IS JSON OBJECT THEN CAST(NULL AS STRING) WHEN REGEXP_REPLACE(REGEXP_REPLACE(`__text`, '[\x00-\x08\x0B\x0C\x0E-\x1F]', 'x'), '^\x{FEFF}|[\t\r]', ' ') IS JSON OBJECT THEN CAST(NULL AS STRING) ELSE 'unparsable' END AS `__drop`, UNIX_TIMESTAMP() * 1000000 AS `__now`
+FROM (SELECT `line`, DECODE(`line`, 'UTF-8') AS `__text` FROM `clicks__lines`))
+WHERE `__drop` IS NOT NULL;
+
 CREATE TEMPORARY TABLE `purchases` (
   `user_id` STRING,
   `item_id` STRING,
@@ -46,6 +63,21 @@ CREATE TEMPORARY TABLE `purchases` (
 CREATE TEMPORARY VIEW `purchases__typed` AS
 SELECT `user_id`, `item_id`, `amount`, `category`, `event_time`, (`__text_item_id` IS NOT NULL AND `item_id` IS NULL) OR (`__text_amount` IS NOT NULL AND `amount` IS NULL) AS `__mistyped`
 FROM (SELECT `user_id`, CASE WHEN REGEXP(NULLIF(`item_id`, ''), '^[+-]?[0-9]+$') THEN TRY_CAST(NULLIF(`item_id`, '') AS BIGINT) END AS `item_id`, NULLIF(`item_id`, '') AS `__text_item_id`, TRY_CAST(NULLIF(`amount`, '') AS DOUBLE) AS `amount`, NULLIF(`amount`, '') AS `__text_amount`, `category`, `event_time` FROM `purchases`);
+
+CREATE TEMPORARY TABLE `purchases__lines` (
+  `line` BYTES
+) WITH (
+  'connector' = 'filesystem',
+  'path' = 'data/purchases/',
+  'source.monitor-interval' = '100 ms',
+  'format' = 'raw'
+);
+
+CREATE TEMPORARY VIEW `purchases__unread` AS
+SELECT `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000)) AS `__hour` FROM (
+SELECT CASE WHEN POSITION(U&'\FFFD' IN `__text`) > 0 AND ENCODE(`__text`, 'UTF-8') <> `line` THEN 'invalid_utf8' WHEN `__text` IS JSON OBJECT THEN CAST(NULL AS STRING) WHEN REGEXP_REPLACE(REGEXP_REPLACE(`__text`, '[\x00-\x08\x0B\x0C\x0E-\x1F]', 'x'), '^\x{FEFF}|[\t\r]', ' ') IS JSON OBJECT THEN CAST(NULL AS STRING) ELSE 'unparsable' END AS `__drop`, UNIX_TIMESTAMP() * 1000000 AS `__now`
+FROM (SELECT `line`, DECODE(`line`, 'UTF-8') AS `__text` FROM `purchases__lines`))
+WHERE `__drop` IS NOT NULL;
 
 CREATE TEMPORARY TABLE `synthetic` (
   `user_id` STRING,
@@ -67,7 +99,9 @@ FROM (SELECT *, MOD(MOD(`__i0_hi`, 4294967296) + 4294967296, 4294967296) AS `__l
 GROUP BY `user_id`, `__tile`;
 
 CREATE TEMPORARY VIEW `load_test__dropped` AS
-SELECT `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000)) AS `__hour`, COUNT(*) AS `__count` FROM `load_test__rows` WHERE `__drop` IS NOT NULL GROUP BY `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000));
+SELECT `__drop`, `__hour`, COUNT(*) AS `__count`, MAX(`__newest`) AS `__newest` FROM (
+SELECT COALESCE(`__drop`, 'counted') AS `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000)) AS `__hour`, CASE WHEN `__drop` IS NULL AND `__ts` <= `__now` THEN `__ts` END AS `__newest` FROM `load_test__rows`)
+GROUP BY `__drop`, `__hour`;
 
 CREATE TEMPORARY VIEW `user_clicks__rows` AS
 SELECT *, CASE WHEN `__ts` IS NULL OR `user_id` IS NULL THEN 'invalid' WHEN `__ts` > `__now` + 3600000000 THEN 'future' WHEN `__ts` < `__now` - 30000000 OR NOT (((`__ts` - MOD(MOD(`__ts`, 60000000) + 60000000, 60000000)) >= (`__now` - MOD(MOD(`__now`, 60000000) + 60000000, 60000000)) - 7200000000)) THEN 'late' END AS `__drop`
@@ -79,7 +113,10 @@ FROM (SELECT `user_id`, `__tile`, `__ts`, ((`page` = 'checkout')) IS TRUE AS `__
 GROUP BY `user_id`, `__tile`;
 
 CREATE TEMPORARY VIEW `user_clicks__dropped` AS
-SELECT `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000)) AS `__hour`, COUNT(*) AS `__count` FROM `user_clicks__rows` WHERE `__drop` IS NOT NULL GROUP BY `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000));
+SELECT `__drop`, `__hour`, COUNT(*) AS `__count`, MAX(`__newest`) AS `__newest` FROM (
+SELECT COALESCE(`__drop`, 'counted') AS `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000)) AS `__hour`, CASE WHEN `__drop` IS NULL AND `__ts` <= `__now` THEN `__ts` END AS `__newest` FROM `user_clicks__rows`
+UNION ALL SELECT `__drop`, `__hour`, CAST(NULL AS BIGINT) FROM `clicks__unread`)
+GROUP BY `__drop`, `__hour`;
 
 CREATE TEMPORARY VIEW `user_spend__rows` AS
 SELECT *, CASE WHEN `__ts` IS NULL OR `user_id` IS NULL OR `__mistyped` THEN 'invalid' WHEN `__ts` > `__now` + 3600000000 THEN 'future' WHEN `__ts` < `__now` - 600000000 OR NOT (((`__ts` - MOD(MOD(`__ts`, 300000000) + 300000000, 300000000)) >= (`__now` - MOD(MOD(`__now`, 300000000) + 300000000, 300000000)) - 608400000000) OR (`__ts` > `__now` - 1209600000000)) THEN 'late' END AS `__drop`
@@ -101,7 +138,10 @@ FROM (SELECT *, `category` AS `__f0` FROM (SELECT * FROM `user_spend__rows` WHER
 GROUP BY `user_id`;
 
 CREATE TEMPORARY VIEW `user_spend__dropped` AS
-SELECT `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000)) AS `__hour`, COUNT(*) AS `__count` FROM `user_spend__rows` WHERE `__drop` IS NOT NULL GROUP BY `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000));
+SELECT `__drop`, `__hour`, COUNT(*) AS `__count`, MAX(`__newest`) AS `__newest` FROM (
+SELECT COALESCE(`__drop`, 'counted') AS `__drop`, (`__now` - MOD(MOD(`__now`, 3600000000) + 3600000000, 3600000000)) AS `__hour`, CASE WHEN `__drop` IS NULL AND `__ts` <= `__now` THEN `__ts` END AS `__newest` FROM `user_spend__rows`
+UNION ALL SELECT `__drop`, `__hour`, CAST(NULL AS BIGINT) FROM `purchases__unread`)
+GROUP BY `__drop`, `__hour`;
 
 CREATE TEMPORARY TABLE `featurestore_written` (`written` BIGINT) WITH ('connector' = 'blackhole');
 
@@ -109,13 +149,13 @@ INSERT INTO `featurestore_written`
 SELECT featurestore_load_test_tiles(CAST(`user_id` AS STRING), CAST(`__tile` AS BIGINT), CAST(`__newest` AS BIGINT), COALESCE(CAST(`__s0_sum_hi_h` AS BIGINT), CAST(0 AS BIGINT)), `__s0_sum_hi_h` IS NULL, COALESCE(CAST(`__s0_sum_hi_l` AS BIGINT), CAST(0 AS BIGINT)), `__s0_sum_hi_l` IS NULL, COALESCE(CAST(`__s0_sum_lo_h` AS BIGINT), CAST(0 AS BIGINT)), `__s0_sum_lo_h` IS NULL, COALESCE(CAST(`__s0_sum_lo_l` AS BIGINT), CAST(0 AS BIGINT)), `__s0_sum_lo_l` IS NULL, CAST(`__s0_count_out63` AS BIGINT)) FROM `load_test__tiles`;
 
 INSERT INTO `featurestore_written`
-SELECT featurestore_load_test_dropped(CAST(`__drop` AS STRING), CAST(`__hour` AS BIGINT), CAST(`__count` AS BIGINT)) FROM `load_test__dropped`;
+SELECT featurestore_load_test_dropped(CAST(`__drop` AS STRING), CAST(`__hour` AS BIGINT), CAST(`__count` AS BIGINT), COALESCE(CAST(`__newest` AS BIGINT), CAST(0 AS BIGINT)), `__newest` IS NULL) FROM `load_test__dropped`;
 
 INSERT INTO `featurestore_written`
 SELECT featurestore_user_clicks_tiles(CAST(`user_id` AS STRING), CAST(`__tile` AS BIGINT), CAST(`__newest` AS BIGINT), CAST(`__sr_count_row` AS BIGINT), CAST(`__srw2_count_row` AS BIGINT)) FROM `user_clicks__tiles`;
 
 INSERT INTO `featurestore_written`
-SELECT featurestore_user_clicks_dropped(CAST(`__drop` AS STRING), CAST(`__hour` AS BIGINT), CAST(`__count` AS BIGINT)) FROM `user_clicks__dropped`;
+SELECT featurestore_user_clicks_dropped(CAST(`__drop` AS STRING), CAST(`__hour` AS BIGINT), CAST(`__count` AS BIGINT), COALESCE(CAST(`__newest` AS BIGINT), CAST(0 AS BIGINT)), `__newest` IS NULL) FROM `user_clicks__dropped`;
 
 INSERT INTO `featurestore_written`
 SELECT featurestore_user_spend_tiles(CAST(`user_id` AS STRING), CAST(`__size` AS BIGINT), CAST(`__tile` AS BIGINT), CAST(`__newest` AS BIGINT), CAST(`__sr_count_row` AS BIGINT), COALESCE(CAST(`__s2_sum_hi_h` AS BIGINT), CAST(0 AS BIGINT)), `__s2_sum_hi_h` IS NULL, COALESCE(CAST(`__s2_sum_hi_l` AS BIGINT), CAST(0 AS BIGINT)), `__s2_sum_hi_l` IS NULL, COALESCE(CAST(`__s2_sum_lo_h` AS BIGINT), CAST(0 AS BIGINT)), `__s2_sum_lo_h` IS NULL, COALESCE(CAST(`__s2_sum_lo_l` AS BIGINT), CAST(0 AS BIGINT)), `__s2_sum_lo_l` IS NULL, CAST(`__s2_count_out63` AS BIGINT), CAST(`__srw5_count_row` AS BIGINT), COALESCE(CAST(`__s2_max_value` AS DOUBLE), 0E0), `__s2_max_value` IS NULL, CAST(`__s2_max_value_nan` AS BIGINT)) FROM `user_spend__tiles`;
@@ -124,4 +164,4 @@ INSERT INTO `featurestore_written`
 SELECT featurestore_user_spend_latest(CAST(`user_id` AS STRING), CAST(`latest` AS STRING)) FROM `user_spend__latest`;
 
 INSERT INTO `featurestore_written`
-SELECT featurestore_user_spend_dropped(CAST(`__drop` AS STRING), CAST(`__hour` AS BIGINT), CAST(`__count` AS BIGINT)) FROM `user_spend__dropped`;
+SELECT featurestore_user_spend_dropped(CAST(`__drop` AS STRING), CAST(`__hour` AS BIGINT), CAST(`__count` AS BIGINT), COALESCE(CAST(`__newest` AS BIGINT), CAST(0 AS BIGINT)), `__newest` IS NULL) FROM `user_spend__dropped`;
