@@ -318,7 +318,9 @@ def cmd_stream(args) -> None:
     options = StreamOptions(jobmanager=args.jobmanager, parallelism=args.parallelism,
                             heap=args.heap, checkpoint_dir=checkpoints,
                             checkpoint_interval_ms=int(args.checkpoint_interval * 1000),
-                            restore=args.restore, python=args.python, conf=conf)
+                            restore=args.restore, python=args.python, conf=conf,
+                            count_lines=not args.no_line_count, metrics_port=args.metrics_port,
+                            **({"metrics_host": args.metrics_host} if args.metrics_host else {}))
     if not cfg.manifest_path.exists():
         say("note: the repo has not been applied: the server will not serve these views "
             "until `featurestore apply`")
@@ -471,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--python", help="Python of the cluster's workers (with --jobmanager)")
     s.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                    help="any Flink setting, e.g. state.backend.type=rocksdb")
+    s.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus /metrics of the views' counts, drops, held updates "
+                        "and lag (0: a free port)")
+    s.add_argument("--metrics-host", help="the address of --metrics-port (default: loopback)")
+    s.add_argument("--no-line-count", action="store_true",
+                   help="do not read json sources a second time to count the lines Flink's "
+                        "reader skips (unparsable, invalid_utf8)")
     s = verb("push", cmd_push, "append events to a `stream files` source (for local use)")
     s.add_argument("name", help="the source, or a view over it")
     s.add_argument("--json", help="one event, a JSON array of events, or JSON lines")

@@ -21,6 +21,7 @@ starts from the beginning of its sources.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -32,7 +33,8 @@ from typing import Callable
 
 from dsl.plan import Plan
 from featurestore import layout, redis_client
-from streaming import flink_sql
+from featurestore.errors import ServiceError
+from streaming import flink_sql, metrics
 from streaming.udf import sink_function
 
 CHECKPOINT_PREFIX = "chk-"
@@ -48,6 +50,9 @@ class StreamOptions:
     checkpoint_interval_ms: int = 10_000
     restore: str | None = None         # a checkpoint or savepoint; None: the newest local one
     monitor_interval_ms: int = 100     # how often files sources list their folders
+    count_lines: bool = True           # count the lines Flink's json reader skips (a second read)
+    metrics_port: int | None = None    # Prometheus /metrics of the views' counts (streaming.metrics)
+    metrics_host: str = "127.0.0.1"
     bounded: bool = False              # read the files there are, then finish (benchmarks)
     tuning: flink_sql.Tuning = field(default_factory=flink_sql.Tuning)
     python: str | None = None          # Python of the cluster's workers (remote only)
@@ -65,7 +70,7 @@ class StreamJob:
         self.store = redis_client.target(store)
         self.options = options or StreamOptions()
         settings = flink_sql.SourceSettings(self.root, self.options.monitor_interval_ms,
-                                            self.options.bounded)
+                                            self.options.bounded, self.options.count_lines)
         self.job = flink_sql.compile_job(plan, settings, self.options.tuning)
         self.restored_from: str | None = None
         self._client = None
@@ -194,11 +199,31 @@ class StreamJob:
         """View -> reason -> events dropped so far (read from Redis)."""
         r = redis_client.sync_client(self.store)
         try:
-            return {o.name: layout.dropped_totals(
-                        r.hgetall(layout.dropped_key(self.project, o.name, o.fingerprint)))
-                    for o in self.job.sinks}
+            return {view: dict(v.counts.dropped) for view, v in self.counts(r).items()}
         finally:
             r.close()
+
+    def counts(self, r) -> dict[str, metrics.ViewCounts]:
+        """View -> what the job counted and dropped, and the updates it
+        holds, read from Redis with the client `r`."""
+        return {o.name: metrics.ViewCounts(
+                    layout.stream_counts(r.hgetall(
+                        layout.dropped_key(self.project, o.name, o.fingerprint))),
+                    r.hlen(layout.deferred_key(self.project, o.name, o.fingerprint)))
+                for o in self.job.sinks}
+
+    def serve_metrics(self):
+        """Prometheus /metrics of the views' counts on `options.metrics_port`
+        (streaming.metrics); returns the HTTP server."""
+        r = redis_client.sync_client(self.store, socket_timeout=2.0, socket_connect_timeout=2.0)
+        try:
+            return metrics.serve(lambda: self.counts(r), self.options.metrics_host,
+                                 self.options.metrics_port)
+        except OSError as e:
+            r.close()
+            raise ServiceError(f"cannot serve metrics on {self.options.metrics_host}:"
+                               f"{self.options.metrics_port}: {e.strerror}; choose another "
+                               "port with --metrics-port") from None
 
     def _prepare_sources(self) -> None:
         """Folders of files sources must exist before Flink lists them."""
@@ -249,42 +274,52 @@ def _python_packages(folder: Path) -> str:
     return str(out)
 
 
-def run_until_stopped(job: StreamJob, say: Callable[[str], None],
-                      poll_s: float = 5.0) -> None:
-    """Run a local job until SIGINT/SIGTERM or its end, printing the counts
-    of dropped events as they change."""
+@contextlib.contextmanager
+def _stopped_by_signals():
+    """An event set by SIGINT or SIGTERM while in the block."""
     import signal
     import threading
-
-    from redis.exceptions import RedisError
 
     stopping = threading.Event()
     previous = {s: signal.signal(s, lambda signum, frame: stopping.set())
                 for s in (signal.SIGINT, signal.SIGTERM)}
-    last: dict = {}
-    redis_down = False
     try:
-        while not stopping.wait(poll_s):
-            status = job.status()
-            if status in ("FAILED", "CANCELED", "FINISHED"):
-                say(f"the job is {status.lower()}")
-                return
-            try:
-                drops = job.dropped()
-            except RedisError as e:  # the job retries its writes; so does the report
-                if not redis_down:
-                    say(f"  Redis does not answer ({e}); the job retries until it does")
-                redis_down = True
-                continue
-            redis_down = False
-            for view, totals in drops.items():
-                if totals and totals != last.get(view):
-                    shown = ", ".join(f"{n:,} {reason}" for reason, n in sorted(totals.items()))
-                    say(f"  {view}: dropped {shown}")
-            last = drops
+        yield stopping
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def run_until_stopped(job: StreamJob, say: Callable[[str], None],
+                      poll_s: float = 5.0) -> None:
+    """Run a local job until SIGINT/SIGTERM or its end, printing the counts
+    of dropped events as they change."""
+    from redis.exceptions import RedisError
+
+    last: dict = {}
+    redis_down = False
+    try:
+        with _stopped_by_signals() as stopping:
+            while not stopping.wait(poll_s):
+                status = job.status()
+                if status in ("FAILED", "CANCELED", "FINISHED"):
+                    say(f"the job is {status.lower()}")
+                    return
+                try:
+                    drops = job.dropped()
+                except RedisError as e:  # the job retries its writes; so does the report
+                    if not redis_down:
+                        say(f"  Redis does not answer ({e}); the job retries until it does")
+                    redis_down = True
+                    continue
+                redis_down = False
+                for view, totals in drops.items():
+                    if totals and totals != last.get(view):
+                        shown = ", ".join(f"{n:,} {reason}"
+                                          for reason, n in sorted(totals.items()))
+                        say(f"  {view}: dropped {shown}")
+                last = drops
+    finally:
         say("stopping: cancelling the job (its checkpoints stay for the next start)")
         job.stop()
 
@@ -293,8 +328,9 @@ def stream(plan: Plan, root: Path, project: str,
            store: redis_client.RedisTarget | str | Callable[[], redis_client.RedisTarget | str],
            options: StreamOptions, say: Callable[[str], None], fresh: bool = False) -> None:
     """`featurestore stream`: run the job locally until stopped, or submit it
-    to a cluster and return. `store` may be a function, called once the
-    job is known to compile. Raises UserError for what the user can fix."""
+    to a cluster and return (with `options.metrics_port`, serve the metrics
+    until stopped). `store` may be a function, called once the job is known
+    to compile. Raises UserError for what the user can fix."""
     from featurestore.errors import UserError
 
     try:
@@ -308,16 +344,29 @@ def stream(plan: Plan, root: Path, project: str,
     parts = ", ".join(f"{s.name} ({', '.join(p for p in s.parts if p != 'dropped')})"
                       for s in job.job.sinks)
     say(f"streaming {parts} of project {project} into {job.store}")
-    job_id = job.start()
-    if not job.local:
-        say(f"submitted job {job_id} to {options.jobmanager}; stop it with "
-            f"`flink cancel -s <savepoint dir> {job_id}` and restart with --restore")
-        return
-    where = f"in {job.checkpoints}" if job.checkpoints else "nowhere (no checkpoints)"
-    say(f"job {job_id} running on a local MiniCluster (parallelism {options.parallelism}); "
-        + (f"restored from {job.restored_from}" if job.restored_from
-           else "reading the sources from their beginning"))
-    if options.checkpoint_interval_ms > 0:
-        say(f"checkpoints every {options.checkpoint_interval_ms / 1000:g} s {where}")
-    say("Ctrl-C stops it; `featurestore stream` again continues where it stopped")
-    run_until_stopped(job, say)
+    # before the job starts: a port in use fails the command, not a running job
+    http = job.serve_metrics() if options.metrics_port is not None else None
+    try:
+        job_id = job.start()
+        if http is not None:
+            say(f"metrics of the views' counts on "
+                f"http://{options.metrics_host}:{http.server_port}/metrics")
+        if not job.local:
+            say(f"submitted job {job_id} to {options.jobmanager}; stop it with "
+                f"`flink cancel -s <savepoint dir> {job_id}` and restart with --restore")
+            if http is not None:
+                say("serving its metrics until Ctrl-C")
+                with _stopped_by_signals() as stopping:
+                    stopping.wait()
+            return
+        where = f"in {job.checkpoints}" if job.checkpoints else "nowhere (no checkpoints)"
+        say(f"job {job_id} running on a local MiniCluster (parallelism {options.parallelism}); "
+            + (f"restored from {job.restored_from}" if job.restored_from
+               else "reading the sources from their beginning"))
+        if options.checkpoint_interval_ms > 0:
+            say(f"checkpoints every {options.checkpoint_interval_ms / 1000:g} s {where}")
+        say("Ctrl-C stops it; `featurestore stream` again continues where it stopped")
+        run_until_stopped(job, say)
+    finally:
+        if http is not None:
+            http.shutdown()
