@@ -55,6 +55,9 @@ class RedisTarget:
     master: str | None = None
     url: str | None = None
 
+    def __repr__(self) -> str:   # never a password, in logs or test reports
+        return f"RedisTarget({self.describe()})"
+
     @property
     def cluster(self) -> bool:
         return self.kind == CLUSTER
@@ -189,14 +192,19 @@ def sync_client(where: RedisTarget | str, **overrides):
     if t.kind == CLUSTER:
         return ClusterClient(t, **overrides)
     if t.kind == SENTINEL:
-        from redis.sentinel import Sentinel
-
-        options = _options(t, overrides)
-        return Sentinel(t.nodes, **options).master_for(t.master, **options)
+        return _sentinel(t, overrides).master_for(t.master, **_options(t, overrides))
     if t.url:
         return redis.Redis.from_url(t.url, **overrides)
     (host, port), = t.nodes
     return redis.Redis(host=host, port=port, **_options(t, overrides))
+
+
+def _sentinel(where: RedisTarget, overrides: dict):
+    """The sentinels of `where`, asked with the overrides' socket timeouts;
+    the connection options (password, ...) are the master's, as in Feast."""
+    from redis.sentinel import Sentinel
+
+    return Sentinel(where.nodes, **_options(where, overrides))
 
 
 def async_client(where: RedisTarget | str, **overrides):
@@ -208,7 +216,7 @@ def async_client(where: RedisTarget | str, **overrides):
     if t.kind == CLUSTER:
         raise ValueError("a cluster has no single client: group keys with SlotMap and "
                          "read each master through async_node_pool")
-    if t.kind == SENTINEL:
+    if t.kind == SENTINEL:   # as `_sentinel`, on the event loop
         from redis.asyncio.sentinel import Sentinel
 
         options = _options(t, overrides)
@@ -219,14 +227,26 @@ def async_client(where: RedisTarget | str, **overrides):
     return aioredis.Redis(host=host, port=port, **_options(t, overrides))
 
 
-def async_node_pool(where: RedisTarget, address: tuple[str, int], **overrides):
-    """A redis.asyncio connection pool to one node of a cluster."""
-    import redis.asyncio as aioredis
-
+def _pool_options(where: RedisTarget, overrides: dict, ssl_class) -> dict:
+    """Connection pool options: a pool takes TLS as its connection class."""
     options = _options(where, overrides)
     if options.pop("ssl", False):
-        options["connection_class"] = aioredis.SSLConnection
-    return aioredis.ConnectionPool(host=address[0], port=address[1], **options)
+        options["connection_class"] = ssl_class
+    return options
+
+
+def node_pool(where: RedisTarget, address: tuple[str, int], **overrides):
+    """A redis-py connection pool to the node at `address`."""
+    return redis.ConnectionPool(host=address[0], port=address[1],
+                                **_pool_options(where, overrides, redis.SSLConnection))
+
+
+def async_node_pool(where: RedisTarget, address: tuple[str, int], **overrides):
+    """A redis.asyncio connection pool to the node at `address`."""
+    import redis.asyncio as aioredis
+
+    return aioredis.ConnectionPool(host=address[0], port=address[1],
+                                   **_pool_options(where, overrides, aioredis.SSLConnection))
 
 
 def raw_connection(where: RedisTarget | str, address: tuple[str, int] | None = None,
@@ -240,10 +260,7 @@ def raw_connection(where: RedisTarget | str, address: tuple[str, int] | None = N
     else:
         if address is None:
             address = master_address(t) if t.kind == SENTINEL else t.nodes[0]
-        options = _options(t, overrides)
-        if options.pop("ssl", False):
-            options["connection_class"] = redis.SSLConnection
-        pool = redis.ConnectionPool(host=address[0], port=address[1], **options)
+        pool = node_pool(t, address, **overrides)
     conn = pool.make_connection()
     conn.connect()
     return conn
@@ -251,12 +268,8 @@ def raw_connection(where: RedisTarget | str, address: tuple[str, int] | None = N
 
 def master_address(where: RedisTarget) -> tuple[str, int]:
     """The address of the master the sentinels name now."""
-    from redis.sentinel import Sentinel
-
-    options = dict(where.options)
-    return Sentinel(where.nodes, sentinel_kwargs={"socket_timeout": 1.0, **{
-        k: v for k, v in options.items() if k in ("password", "username", "ssl")}}
-        ).discover_master(where.master)
+    return _sentinel(where, {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+                     ).discover_master(where.master)
 
 
 def execute(client, commands: Sequence[tuple]) -> list:
@@ -325,11 +338,8 @@ class ClusterClient(RedisCluster):
         for address, rows in slot_map.group(slots):
             pool = self._pools.get(address)
             if pool is None:
-                options = _options(self._target, self._overrides)
-                if options.pop("ssl", False):
-                    options["connection_class"] = redis.SSLConnection
-                pool = self._pools[address] = redis.ConnectionPool(
-                    host=address[0], port=address[1], **options)
+                pool = self._pools[address] = node_pool(self._target, address,
+                                                        **self._overrides)
             for i, reply in zip(rows, _round_trip(pool, [commands[i] for i in rows])):
                 replies[i] = reply
         return replies
@@ -457,19 +467,18 @@ def fetch_slot_map(where: RedisTarget, known: Iterable[tuple[str, int]] = (),
                    timeout: float = 1.0) -> SlotMap:
     """The cluster's slot map, asked of the first node that answers (the
     `known` masters first, then the seed nodes); ConnectionError when none does."""
-    errors = []
+    errors: list[str] = []
     options = _options(where, {"socket_timeout": timeout, "socket_connect_timeout": timeout})
-    for address in dict.fromkeys([*known, *where.nodes]):
+    for address in _candidates(where, known):
         try:
             with redis.Redis(host=address[0], port=address[1], **options) as r:
                 reply = r.execute_command("CLUSTER", "SLOTS")
-        except (redis.RedisError, OSError) as e:
+        except (RedisError, OSError) as e:
             errors.append(f"{address[0]}:{address[1]}: {e}")
             continue
-        slot_map = SlotMap.from_cluster_slots(reply, address)
-        if slot_map.complete:
+        slot_map = _complete(reply, address, errors)
+        if slot_map is not None:
             return slot_map
-        errors.append(f"{address[0]}:{address[1]}: not every slot has a master")
     raise redis.ConnectionError("no node of the cluster gave its slot map: " + "; ".join(errors))
 
 
@@ -478,20 +487,32 @@ async def fetch_slot_map_async(where: RedisTarget, known: Iterable[tuple[str, in
     """`fetch_slot_map` on the event loop."""
     import redis.asyncio as aioredis
 
-    errors = []
+    errors: list[str] = []
     options = _options(where, {"socket_timeout": timeout, "socket_connect_timeout": timeout})
-    for address in dict.fromkeys([*known, *where.nodes]):
+    for address in _candidates(where, known):
         try:
             async with aioredis.Redis(host=address[0], port=address[1], **options) as r:
                 reply = await r.execute_command("CLUSTER", "SLOTS")
-        except (redis.RedisError, OSError) as e:
+        except (RedisError, OSError) as e:
             errors.append(f"{address[0]}:{address[1]}: {e}")
             continue
-        slot_map = SlotMap.from_cluster_slots(reply, address)
-        if slot_map.complete:
+        slot_map = _complete(reply, address, errors)
+        if slot_map is not None:
             return slot_map
-        errors.append(f"{address[0]}:{address[1]}: not every slot has a master")
     raise redis.ConnectionError("no node of the cluster gave its slot map: " + "; ".join(errors))
+
+
+def _candidates(where: RedisTarget, known: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    return list(dict.fromkeys([*known, *where.nodes]))
+
+
+def _complete(reply, address: tuple[str, int], errors: list[str]) -> SlotMap | None:
+    """The slot map of a CLUSTER SLOTS reply when every slot has a master."""
+    slot_map = SlotMap.from_cluster_slots(reply, address)
+    if slot_map.complete:
+        return slot_map
+    errors.append(f"{address[0]}:{address[1]}: not every slot has a master")
+    return None
 
 
 def ping_masters(where: RedisTarget, timeout: float,

@@ -191,8 +191,8 @@ class OnlineStore:
         loop = asyncio.get_running_loop()
         deadline = None if time_left is None else loop.time() + time_left
         async with _within(self._slots, time_left):
-            read = asyncio.ensure_future(self._execute(list(lookup.commands(self._project,
-                                                                            prepared))))
+            read = asyncio.ensure_future(self._execute(
+                list(lookup.commands(self._project, prepared)), timed=True))
             try:
                 replies = await self._await_read(read, deadline)
             except asyncio.TimeoutError:  # the deadline (an OSError: not Redis' fault)
@@ -231,15 +231,15 @@ class OnlineStore:
             log.debug("a read took over %s s while Redis answers: the server is busy",
                       READ_TIMEOUT_S)
 
-    async def _execute(self, commands: list[tuple]) -> list:
+    async def _execute(self, commands: list[tuple], timed: bool = False) -> list:
         """The replies of `commands`, in order (the keys of one command
-        share a slot)."""
+        share a slot); `timed`: a lookup's, observed by the metrics."""
         started = time.perf_counter()
         if self._cluster is not None:
             replies = await self._cluster.execute(commands)
         else:
             replies = await _round_trip(self._redis.connection_pool, commands)
-        if self.timed is not None:
+        if timed and self.timed is not None:
             self.timed.observe(time.perf_counter() - started)
         return replies
 

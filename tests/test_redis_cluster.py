@@ -262,3 +262,25 @@ def test_sentinel_follows_a_failover(tmp_path, loop):  # noqa: F811
                 == (STREAM_NOW - 10, [2.5, "books", 4])
     finally:
         setup.stop()
+
+
+async def test_a_stale_slot_map_is_refreshed_when_redis_says_moved(redis_cluster):
+    """After a resharding the slot map a client holds is wrong: the MOVED
+    replies refresh it and the commands go again, to the right masters."""
+    from serving.server import _ClusterReads
+
+    redis_cluster.flush()
+    right = redis_client.fetch_slot_map(redis_cluster.target)
+    wrong = redis_client.SlotMap(right.masters, (right.owner + 1) % len(right.masters))
+    keys = [b"k{%d}" % i for i in range(60)]
+    with redis_client.sync_client(redis_cluster.target) as client:
+        client._slot_map = wrong
+        assert redis_client.execute(client, [(b"SET", k, k) for k in keys]) == [b"OK"] * 60
+        client._slot_map = wrong
+        assert redis_client.execute(client, [(b"GET", k) for k in keys]) == keys
+    reads = _ClusterReads(redis_cluster.target)
+    reads._map = wrong
+    try:
+        assert await reads.execute([(b"GET", k) for k in keys]) == keys
+    finally:
+        await reads.close()
