@@ -5,8 +5,10 @@ redis-server and the gRPC server:
 
 * differential: the events, shuffled over files that Flink reads in no fixed
   order, plus events beyond every window, from the future, without a time
-  and with a field of the wrong type; every served value equals batch's and the reference's, and every
-  dropped event is counted by reason;
+  and with a field of the wrong type, and lines that are not JSON objects
+  (nested 2,000 deep among them) or not UTF-8; every served value equals
+  batch's and the reference's, and every dropped event or line is counted
+  by reason, every counted event too, and the job's /metrics says so;
 * restart: more events (older ones among them) while the job is killed
   outright mid-stream; restarted, it restores its checkpoint and the values
   are still exact: nothing lost, nothing counted twice.
@@ -22,14 +24,17 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from featurestore import layout, redis_local
 from featurestore.export import export
@@ -69,9 +74,10 @@ def _json_line(e: dict) -> str:
                            for k, v in e.items()})
 
 
-def _write(folder: Path, name: str, lines: list[str]) -> None:
+def _write(folder: Path, name: str, lines: list[str | bytes]) -> None:
     tmp = folder / f".{name}.tmp"   # hidden until complete: Flink skips it
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    tmp.write_bytes(b"".join((line if isinstance(line, bytes) else line.encode()) + b"\n"
+                             for line in lines))
     os.replace(tmp, folder / name)
 
 
@@ -80,11 +86,15 @@ class Job:
 
     def __init__(self, root: Path, url: str):
         self.root, self.url, self.proc, self.log = root, url, None, root / "job.log"
+        with socket.socket() as s:   # the job's /metrics, the same port after a restart
+            s.bind(("127.0.0.1", 0))
+            self.metrics_port = s.getsockname()[1]
 
     def start(self) -> None:
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.streaming_runner", str(self.root), self.url],
+                [sys.executable, "-m", "tests.streaming_runner", str(self.root), self.url,
+                 str(self.metrics_port)],
                 cwd=ROOT_DIR, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self) -> None:
@@ -96,6 +106,17 @@ class Job:
     def output(self) -> str:
         return self.log.read_text()
 
+    def metrics(self) -> dict[tuple, float]:
+        """(name, labels...) -> value of the job's /metrics ({} while it starts)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                        timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return {}
+        return {(m.name, *(m.labels[k] for k in ("view", "reason") if k in m.labels)): m.value
+                for family in text_string_to_metric_families(text) for m in family.samples}
+
 
 @dataclass
 class Stream:
@@ -105,7 +126,8 @@ class Stream:
     t: int               # the served time
     shift: int
     counted: list[dict]  # events any engine may count at t
-    dropped: dict        # view -> reason -> events the job must drop
+    dropped: dict        # view -> reason -> events (or lines) the job must drop
+    kept: dict           # view -> events the job must count
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +161,20 @@ def stream(tmp_path_factory):
                 {"flag": "yes"}, {"flag": 1}, {"shop": "two"}]
     lines += [json.dumps({"user": "u1", "shop": 1, "kind": "buy", "ts": at, **m})
               for m in mistyped]
+    # Lines Flink's reader cannot use, counted for both views: not JSON
+    # objects (deeper than its limit of 1,000 levels, too), not UTF-8.
+    deep = "[" * 2000 + "]" * 2000
+    unparsable = ["not json", "[1, 2]", '"buy"', "", '{"user": "u1", "shop": 1',
+                  f'{{"user": "u1", "shop": 1, "kind": "buy", "ts": "{at}", "x": {deep}}}']
+    invalid_utf8 = [f'{{"user": "u1", "shop": 1, "kind": "buy", "ts": "{at}"}}'.encode()
+                    .replace(b'"u1"', b'"u\xff\xfe1"'), b'\xc3{"user": "u1"}']
+    lines += unparsable + invalid_utf8
+    # Lines it reads that a strict JSON test would refuse: a byte order mark,
+    # a control character inside a string; and a U+FFFD that is UTF-8.
+    odd = [dict(e, user=u) for e, u in zip(rng.sample(events, 3), ("bom", "ctl\x01", "r\ufffd"))]
+    events += odd
+    lines += ["\ufeff" + _json_line(odd[0]), _json_line(odd[1]).replace("\\u0001", "\x01"),
+              _json_line(odd[2])]
     rng.shuffle(lines)
     folder = root / "data" / "events"
     folder.mkdir(parents=True)
@@ -146,16 +182,23 @@ def stream(tmp_path_factory):
         _write(folder, f"part-{i}.json", lines[i::6])
     kept = sum(1 for e in future if e["kind"] != "test")
     invalid = 2 + len(mistyped)
+    unread = {"unparsable": len(unparsable), "invalid_utf8": len(invalid_utf8)}
     dropped = {"buys": {"late": sum(1 for e in beyond if e["kind"] != "test"), "future": kept,
-                        "invalid": invalid},
-               "shops": {"future": kept, "invalid": invalid}}
+                        "invalid": invalid, **unread},
+               "shops": {"future": kept, "invalid": invalid, **unread}}
+    counts = {"buys": _passing(events + ahead), "shops": _passing(events + beyond + ahead)}
     job = Job(root, url + "/0")
     job.start()
     try:
-        yield Stream(root, url, job, t, shift, events + beyond + ahead, dropped)
+        yield Stream(root, url, job, t, shift, events + beyond + ahead, dropped, counts)
     finally:
         job.kill()
         server.stop()
+
+
+def _passing(events: list[dict]) -> int:
+    """How many of the events pass the views' filter (`kind != 'test'`)."""
+    return sum(1 for e in events if e["kind"] is not None and e["kind"] != "test")
 
 
 def _differences(got: dict, want: dict) -> list:
@@ -212,7 +255,26 @@ def test_stream_equals_batch_and_reference(stream):
                                          service="everything"),
                    stream.counted, stream.t)
     _check_reference(got, stream.counted, entities, stream.t)
+    _until(lambda: _dropped(stream.url) == stream.dropped, "dropped counts")
     assert _dropped(stream.url) == stream.dropped
+    _check_metrics(stream, stream.kept, stream.counted)
+
+
+def _check_metrics(stream: Stream, kept: dict, events: list[dict]) -> None:
+    """The job's /metrics: per view the events counted, the drops by reason
+    (every reason, 0 where none), the held updates and the lag."""
+    _until(lambda: all(stream.job.metrics().get(("featurestore_stream_events_total", v)) == n
+                       for v, n in kept.items()), "events counted in /metrics")
+    now = time.time()
+    metrics = stream.job.metrics()
+    assert metrics[("featurestore_stream_redis_up",)] == 1
+    for view, drops in stream.dropped.items():
+        assert {r: metrics[("featurestore_stream_dropped_total", view, r)]
+                for r in layout.STREAM_DROPS} == {r: drops.get(r, 0) for r in layout.STREAM_DROPS}
+    assert metrics[("featurestore_stream_held_updates", "buys")] > 0   # the events ahead
+    newest = max(e["ts"] for e in events if e["ts"] <= now * 1e6
+                 and e["kind"] not in (None, "test")) / 1e6
+    assert now - newest <= metrics[("featurestore_stream_lag_seconds", "buys")] <= time.time() - newest
 
 
 def test_restart_mid_stream_loses_and_doubles_nothing(stream):
@@ -243,6 +305,8 @@ def test_restart_mid_stream_loses_and_doubles_nothing(stream):
     _check_reference(got, everything, entities, stream.t)
     assert "restored from" in stream.job.output()
     assert _dropped(stream.url) == stream.dropped
+    _check_metrics(stream, {view: n + _passing(events) for view, n in stream.kept.items()},
+                   everything)
 
 
 def _until(condition, what: str, timeout_s: float = WAIT_S) -> None:
