@@ -13,9 +13,11 @@ Three kinds, as Feast names them (`redis_type`):
 A `RedisTarget` says which; it is small and picklable, so the server's
 worker processes and the stream job's Python workers get it as it is. Every
 module asks this one for its clients: `sync_client`, `async_client`,
-`raw_connection` (the batch writer's socket) and, for a cluster, the slot
-map (`SlotMap`, `fetch_slot_map`) that groups keys by the master that holds
-them (`key_slots`: Redis' own rule, hash tags included, vectorized).
+`raw_connection` (the batch writer's socket), `execute` (a pipeline of raw
+commands; on a cluster one per master, `ClusterClient`, and `AsyncCluster`
+for the server) and the slot map (`SlotMap`, `fetch_slot_map`) that groups
+keys by the master that holds them (`key_slots`: Redis' own rule, hash tags
+included, vectorized).
 """
 from __future__ import annotations
 
@@ -289,7 +291,8 @@ def execute(client, commands: Sequence[tuple]) -> list:
 
 def _round_trip(pool, commands: Sequence[tuple]) -> list:
     """Every command in one round trip on one connection of `pool`, packed
-    by hiredis in C (a third of redis-py's pipeline cost per command)."""
+    by hiredis in C: redis-py's own pipeline packs in Python, which costs
+    more than Redis itself for a thousand HMGETs."""
     import hiredis
 
     conn = pool.get_connection()
@@ -525,3 +528,95 @@ def ping_masters(where: RedisTarget, timeout: float,
         with redis.Redis(host=host, port=port, **options) as r:
             r.ping()
     return slot_map
+
+
+# ------------------------------------------------------------------ asyncio (the server)
+async def round_trip_async(pool, commands: Sequence[tuple]) -> list:
+    """`_round_trip` on the event loop, raw replies in order. A connection
+    that died while idle (a restarted Redis) gets one retry on a fresh one."""
+    import hiredis
+
+    packed = b"".join(map(hiredis.pack_command, commands))
+    for attempt in (1, 2):
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            return [await conn.read_response(disable_decoding=True) for _ in commands]
+        except redis.ConnectionError:
+            await conn.disconnect()
+            if attempt == 2:
+                raise
+        except BaseException:
+            await conn.disconnect()   # replies may be left unread: never reuse it
+            raise
+        finally:
+            await pool.release(conn)
+    raise AssertionError("unreachable")
+
+
+class AsyncCluster:
+    """Reads of a Redis Cluster on the event loop: commands grouped by the
+    master that holds their key's slot, one round trip per master, all at
+    once, replies put back in order. A redirection (MOVED, ASK: the slots
+    moved) or a master that does not answer refreshes the slot map and the
+    commands go once more; then ConnectionError. Replicas are never read.
+    `pool_options`: of each master's connection pool (timeouts)."""
+
+    def __init__(self, where: RedisTarget, **pool_options):
+        self._target = where
+        self._options = pool_options
+        self._map: SlotMap | None = None   # also refreshed by `ping_masters`
+        self._pools: dict[tuple[str, int], Any] = {}
+
+    async def execute(self, commands: Sequence[tuple]) -> list:
+        for attempt in (1, 2):
+            try:
+                if self._map is None:
+                    self._map = await fetch_slot_map_async(
+                        self._target, timeout=self._options.get("socket_connect_timeout") or 1.0)
+                return await self._once(commands, self._map)
+            except (RedisError, OSError, LookupError) as e:
+                if isinstance(e, redis.ResponseError) and not is_redirect(e):
+                    raise
+                self._map = None
+                if attempt == 2:
+                    raise redis.ConnectionError(f"the cluster did not serve the commands after "
+                                                f"its slot map was refreshed: {e}") from None
+        raise AssertionError("unreachable")
+
+    async def _once(self, commands: Sequence[tuple], slot_map: SlotMap) -> list:
+        import asyncio
+
+        replies: list = [None] * len(commands)
+
+        async def on(address: tuple[str, int], rows) -> None:
+            pool = self._pools.get(address)
+            if pool is None:
+                pool = self._pools[address] = async_node_pool(self._target, address,
+                                                              **self._options)
+            got = await round_trip_async(pool, [commands[i] for i in rows])
+            for i, reply in zip(rows, got):
+                replies[i] = reply
+
+        slots = key_slots([command[1] for command in commands])
+        sends = [asyncio.ensure_future(on(address, rows))
+                 for address, rows in slot_map.group(slots)]
+        try:
+            done, _ = await asyncio.wait(sends, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for send in sends:
+                send.cancel()
+        for send in done:
+            if send.exception() is not None:
+                raise send.exception()
+        return replies
+
+    def ping_masters(self, timeout: float) -> None:
+        """PING every master of a fresh slot map (blocking: for a thread;
+        raises when one does not answer); reads then use that map."""
+        self._map = ping_masters(self._target, timeout,
+                                 self._map.masters if self._map else ())
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            await pool.disconnect()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import grpc
-import hiredis
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -157,14 +157,15 @@ class OnlineStore:
     answers. One node or a Sentinel's master: every lookup is one pipelined
     round trip on one connection. A cluster: one pipeline per master
     holding any of the lookup's keys (an entity's keys share a slot), sent
-    at once (`_ClusterReads`)."""
+    at once (`redis_client.AsyncCluster`)."""
 
     def __init__(self, project: str, store: redis_client.RedisTarget | str,
                  health: grpc_health.aio.HealthServicer,
                  connections: int = ServerOptions.redis_connections):
         self._project = project
         self._target = redis_client.target(store)
-        self._cluster = _ClusterReads(self._target) if self._target.cluster else None
+        self._cluster = redis_client.AsyncCluster(self._target, **REDIS_OPTIONS) \
+            if self._target.cluster else None
         self._redis = None if self._cluster else redis_client.async_client(self._target,
                                                                            **REDIS_OPTIONS)
         # PINGs that decide health run on a thread with a socket timeout, so
@@ -238,7 +239,7 @@ class OnlineStore:
         if self._cluster is not None:
             replies = await self._cluster.execute(commands)
         else:
-            replies = await _round_trip(self._redis.connection_pool, commands)
+            replies = await redis_client.round_trip_async(self._redis.connection_pool, commands)
         if timed and self.timed is not None:
             self.timed.observe(time.perf_counter() - started)
         return replies
@@ -247,7 +248,8 @@ class OnlineStore:
         """Whether Redis (on a cluster: every master) answers a PING within
         PING_TIMEOUT_S, timed by the kernel on a thread: a busy event loop
         does not make Redis look down."""
-        ping = self._cluster.ping_masters if self._cluster else self._pinger.ping
+        ping = (functools.partial(self._cluster.ping_masters, PING_TIMEOUT_S) if self._cluster
+                else self._pinger.ping)
         try:
             await asyncio.get_running_loop().run_in_executor(self._ping_thread, ping)
         except redis_client.ERRORS:
@@ -288,93 +290,6 @@ class OnlineStore:
             await self._redis.aclose()
             self._pinger.close()
         self._ping_thread.shutdown(wait=False)
-
-
-async def _round_trip(pool, commands: list[tuple]) -> list:
-    """Every command in one round trip on one connection of `pool`. The
-    commands are packed by hiredis, in C: redis-py's own pipeline packs in
-    Python, which cost more than Redis itself for a thousand HMGETs."""
-    packed = b"".join(map(hiredis.pack_command, commands))
-    for attempt in (1, 2):  # a connection that died while idle gets one retry
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(packed, check_health=False)
-            return [await conn.read_response(disable_decoding=True) for _ in commands]
-        except RedisConnectionError:
-            await conn.disconnect()
-            if attempt == 2:
-                raise
-        except BaseException:
-            await conn.disconnect()   # replies may be left unread: never reuse it
-            raise
-        finally:
-            await pool.release(conn)
-    raise AssertionError("unreachable")
-
-
-class _ClusterReads:
-    """Reads of a Redis Cluster: commands grouped by the master that holds
-    their key's slot (`redis_client.SlotMap`), one round trip per master, all
-    at once, replies put back in order. A redirection (MOVED, ASK: the slots
-    moved) or a master that does not answer refreshes the slot map and
-    retries once; then the read fails as unavailable. Replicas are never read."""
-
-    def __init__(self, store: redis_client.RedisTarget):
-        self._store = store
-        self._map: redis_client.SlotMap | None = None   # also refreshed by health probes
-        self._pools: dict[tuple[str, int], Any] = {}
-
-    async def execute(self, commands: list[tuple]) -> list:
-        for attempt in (1, 2):
-            try:
-                if self._map is None:
-                    self._map = await redis_client.fetch_slot_map_async(
-                        self._store, timeout=REDIS_OPTIONS["socket_connect_timeout"])
-                return await self._once(commands, self._map)
-            except (RedisError, OSError, LookupError) as e:
-                moved = isinstance(e, RedisError) and redis_client.is_redirect(e)
-                if not (moved or isinstance(e, (*_UNAVAILABLE, LookupError))):
-                    raise
-                self._map = None
-                if attempt == 2:
-                    raise RedisConnectionError(f"the cluster did not serve the read after its "
-                                               f"slot map was refreshed: {e}") from None
-        raise AssertionError("unreachable")
-
-    async def _once(self, commands: list[tuple], slot_map: redis_client.SlotMap) -> list:
-        slots = redis_client.key_slots([command[1] for command in commands])
-        replies: list = [None] * len(commands)
-
-        async def on(address: tuple[str, int], rows) -> None:
-            pool = self._pools.get(address)
-            if pool is None:
-                pool = self._pools[address] = redis_client.async_node_pool(
-                    self._store, address, **REDIS_OPTIONS)
-            got = await _round_trip(pool, [commands[i] for i in rows])
-            for i, reply in zip(rows, got):
-                replies[i] = reply
-
-        reads = [asyncio.ensure_future(on(address, rows))
-                 for address, rows in slot_map.group(slots)]
-        try:
-            done, _ = await asyncio.wait(reads, return_when=asyncio.FIRST_EXCEPTION)
-        finally:
-            for read in reads:
-                read.cancel()
-        for read in done:
-            if read.exception() is not None:
-                raise read.exception()
-        return replies
-
-    def ping_masters(self) -> None:
-        """PING every master of a fresh slot map (on a thread; raises when
-        one does not answer); reads then use that map."""
-        self._map = redis_client.ping_masters(self._store, PING_TIMEOUT_S,
-                                              self._map.masters if self._map else ())
-
-    async def close(self) -> None:
-        for pool in self._pools.values():
-            await pool.disconnect()
 
 
 @contextlib.asynccontextmanager

@@ -267,8 +267,6 @@ def test_sentinel_follows_a_failover(tmp_path, loop):  # noqa: F811
 async def test_a_stale_slot_map_is_refreshed_when_redis_says_moved(redis_cluster):
     """After a resharding the slot map a client holds is wrong: the MOVED
     replies refresh it and the commands go again, to the right masters."""
-    from serving.server import _ClusterReads
-
     redis_cluster.flush()
     right = redis_client.fetch_slot_map(redis_cluster.target)
     wrong = redis_client.SlotMap(right.masters, (right.owner + 1) % len(right.masters))
@@ -278,7 +276,7 @@ async def test_a_stale_slot_map_is_refreshed_when_redis_says_moved(redis_cluster
         assert redis_client.execute(client, [(b"SET", k, k) for k in keys]) == [b"OK"] * 60
         client._slot_map = wrong
         assert redis_client.execute(client, [(b"GET", k) for k in keys]) == keys
-    reads = _ClusterReads(redis_cluster.target)
+    reads = redis_client.AsyncCluster(redis_cluster.target)
     reads._map = wrong
     try:
         assert await reads.execute([(b"GET", k) for k in keys]) == keys
