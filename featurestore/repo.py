@@ -206,8 +206,8 @@ def _gc(cfg: RepoConfig, manifest, store, say: Say, dry_run: bool) -> int:
 
 def _unlink(r, batch: list, dry_run: bool) -> int:
     n = len(batch)
-    if n and not dry_run:
-        r.unlink(*batch)
+    if n and not dry_run:   # a command per key: on a cluster the keys lie in many slots
+        redis_client.execute(r, [(b"UNLINK", key) for key in batch])
     batch.clear()
     return n
 

@@ -105,7 +105,13 @@ async def test_materialize_into_a_cluster_serves_what_one_node_serves(shop_data,
     for node in redis_cluster.masters():   # the entities' hash tags spread them over every master
         with redis_cluster.client(node) as r:
             assert r.dbsize() > 100
-    assert cli(["gc", "--dry-run", "--repo", str(many)]) == 0
+    project = config.load(many).project
+    stale = [f"fs2:{project}:user_spend:{{user_{i}}}:r".encode() for i in range(30)] + \
+        [layout.row_key(project, "user_spend", "0ld", f"user_{i}") for i in range(30)]
+    with redis_client.sync_client(target) as c:
+        redis_client.execute(c, [(b"SET", key, b"x") for key in stale])
+        assert cli(["gc", "--repo", str(many)]) == 0   # keys no server reads, on every master
+        assert sum(c.exists(key) for key in stale) == 0 and _contents(c) == single
     assert cli(["status", "--repo", str(many)]) == 0
 
     users = ["user_000000", "user_000001", "user_000042", "user_000399", "nobody"] + \
