@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit
 
+import hiredis
 import numpy as np
 import redis
 from redis.cluster import RedisCluster
@@ -293,8 +294,6 @@ def _round_trip(pool, commands: Sequence[tuple]) -> list:
     """Every command in one round trip on one connection of `pool`, packed
     by hiredis in C: redis-py's own pipeline packs in Python, which costs
     more than Redis itself for a thousand HMGETs."""
-    import hiredis
-
     conn = pool.get_connection()
     try:
         conn.send_packed_command([b"".join([hiredis.pack_command(c) for c in commands])])
@@ -534,8 +533,6 @@ def ping_masters(where: RedisTarget, timeout: float,
 async def round_trip_async(pool, commands: Sequence[tuple]) -> list:
     """`_round_trip` on the event loop, raw replies in order. A connection
     that died while idle (a restarted Redis) gets one retry on a fresh one."""
-    import hiredis
-
     packed = b"".join(map(hiredis.pack_command, commands))
     for attempt in (1, 2):
         conn = await pool.get_connection()
