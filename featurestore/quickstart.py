@@ -26,14 +26,14 @@ class _Step:
         self.times.append((title, time.perf_counter()))
 
 
-def _server_thread(manifest_path: Path, url: str):
+def _server_thread(manifest_path: Path, store):
     """Start the gRPC server on a free port in a thread of its own."""
     from featurestore.manifest import Manifest
     from serving.server import start_server
 
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="grpc-server", daemon=True).start()
-    coro = start_server(Manifest.load(manifest_path), url, host="127.0.0.1", port=0)
+    coro = start_server(Manifest.load(manifest_path), store, host="127.0.0.1", port=0)
     server = asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
 
     def stop() -> None:
@@ -81,16 +81,16 @@ def run(dir: Path, events: int, say: Callable[[str], None]) -> None:
     say(repo.apply(cfg, plan, say).render("Applied"))
 
     local = None
-    url = cfg.redis_target
-    if url is None:
+    store = cfg.redis_target
+    if store is None:
         try:
             local = redis_local.start(cfg.state_dir / "quickstart-redis")
         except redis_local.RedisNotInstalled as e:
             raise UserError(str(e)) from None
-        url = local.url
-        say(f"no online_store.url configured: started a private redis-server on {url}")
+        store = local.url
+        say(f"no online_store.url configured: started a private redis-server on {store}")
     try:
-        _serve_and_lookup(cfg, plan, url, step, say, live)
+        _serve_and_lookup(cfg, plan, store, step, say, live)
     finally:
         if local:
             local.stop()
@@ -99,22 +99,22 @@ def run(dir: Path, events: int, say: Callable[[str], None]) -> None:
     say(f"\nquickstart finished in {total:.1f} s")
 
 
-def _serve_and_lookup(cfg, plan, url: str, step: _Step, say, live: bool = False) -> None:
+def _serve_and_lookup(cfg, plan, store, step: _Step, say, live: bool = False) -> None:
     from featurestore.materialize import materialize
     from serving.client import FeatureClient
     from streaming.quickstart import LiveJob, show_live_update
 
-    live_job = LiveJob(plan, cfg.root, cfg.project, url) if live else None  # starts meanwhile
+    live_job = LiveJob(plan, cfg.root, cfg.project, store) if live else None  # starts meanwhile
 
     step("featurestore materialize (DuckDB -> Redis)")
     from featurestore.cli import view_progress
 
-    stats = materialize(plan, cfg.root, cfg.project, url, memory_limit=cfg.memory_limit,
+    stats = materialize(plan, cfg.root, cfg.project, store, memory_limit=cfg.memory_limit,
                         progress=lambda st: say(view_progress(st)))
     say(f"done in {stats.seconds:.2f} s")
 
     step("featurestore serve (gRPC)")
-    server, stop = _server_thread(cfg.manifest_path, url)
+    server, stop = _server_thread(cfg.manifest_path, store)
     say(f"listening on 127.0.0.1:{server.port}")
     try:
         users = _sample_users(cfg)

@@ -60,10 +60,10 @@ class LiveJob:
     """The streaming job, started in a thread: the JVM starts while the
     quickstart goes on."""
 
-    def __init__(self, plan, root: Path, project: str, redis_url: str):
+    def __init__(self, plan, root: Path, project: str, store):
         from streaming.job import StreamJob, StreamOptions
 
-        self.job = StreamJob(plan, root, project, redis_url,
+        self.job = StreamJob(plan, root, project, store,
                              StreamOptions(checkpoint_dir=root / ".featurestore" / "stream",
                                            heap="768m"))
         self.error: BaseException | None = None
