@@ -72,7 +72,7 @@ class OnlineStore(_Section):
     type: Literal["redis", "redis_cluster", "redis_sentinel"] = "redis"
     url: Optional[str] = None                   # None (and no connection_string): a private redis-server
     connection_string: Optional[str] = None     # Feast's "host:port,...,ssl=true,password=..."
-    sentinel_master: str = "mymaster"           # redis_sentinel: the master's name
+    sentinel_master: str = "mymaster"           # redis_sentinel: the master's name (Feast's default)
 
     @property
     def configured(self) -> bool:

@@ -34,7 +34,6 @@ from redis.exceptions import RedisClusterException, RedisError
 
 SINGLE, CLUSTER, SENTINEL = "redis", "redis_cluster", "redis_sentinel"
 KINDS = (SINGLE, CLUSTER, SENTINEL)
-DEFAULT_SENTINEL_MASTER = "mymaster"   # Feast's default
 SLOTS = 16384
 # connection_string parameters (Feast's spelling) and what each must be
 PARAMETERS = {"password": str, "username": str, "ssl": bool, "db": int}
@@ -107,8 +106,11 @@ def parse(kind: str, url: str | None, connection_string: str | None,
         if not connection_string:
             raise ValueError("redis_sentinel needs connection_string: the sentinels, "
                              "e.g. \"host1:26379,host2:26379,password=...\" (and sentinel_master)")
+        if not master:
+            raise ValueError("redis_sentinel needs sentinel_master: the name the sentinels "
+                             "know the master by")
         nodes, options = parse_connection_string(connection_string)
-        return RedisTarget(SENTINEL, nodes, options, master or DEFAULT_SENTINEL_MASTER)
+        return RedisTarget(SENTINEL, nodes, options, master)
     if url:
         if kind == SINGLE:
             return single(url)
