@@ -190,7 +190,7 @@ _CONNECTORS = {"files": _files, "kafka": _kafka, "datagen": _datagen}
 
 # ================================================================ unread lines
 # Flink's json reader skips, uncounted, a line that is not a JSON object
-# (not JSON, an array or a scalar, nested deeper than 1,000 levels, empty)
+# (not JSON, an array or a scalar, more than 1,000 levels deep, empty)
 # and most lines that are not UTF-8. The job therefore reads a json source
 # a second time, each line as bytes (`format = raw`), and counts the lines
 # that the reader cannot use, by reason. Its test is the reader's, as
