@@ -20,10 +20,10 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from featurestore import config, layout, redis_client
+from featurestore import config, layout, redis_client, redis_local
 from featurestore.cli import main as cli
 from featurestore.manifest import Manifest
-from serving.client import FeatureClient
+from serving.client import FeatureClient, FieldStatus
 from serving.server import start_server
 from streaming import sink
 from test_serving import MANIFEST, MERCHANT_RISK, NOW, PROJECT
@@ -32,6 +32,7 @@ from test_streaming_sink import NOW as STREAM_NOW
 from test_streaming_sink import OUT, _latest_text
 from tests.redis_topologies import LocalSentinel
 from tests.repos import template_repo, use_online_store
+from tests.serving_process import serving
 
 END = "2026-01-01T00:00:00"
 END_US = int(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()) * 1_000_000
@@ -133,6 +134,14 @@ async def test_materialize_into_a_cluster_serves_what_one_node_serves(shop_data,
     for ref in FEATURES:
         name = ref.split(":")[1]
         assert all(_same(a, b) for a, b in zip(got[name], want[name])), name
+    port = redis_local.free_port()   # `featurestore serve` of the repo: two workers, the cluster
+    with serving(many, port, "--port", str(port), "--workers", "2") as served:
+        with FeatureClient(served.target) as client:
+            now = client.get_online_features(["user_profile:country"],
+                                             entities={"user_id": users[:5]}).statuses
+    assert "redis-cluster 127.0.0.1:" in served.output
+    # now, past the profiles' ttl: found (so read from the cluster), and too old
+    assert list(now["country"]) == [FieldStatus.OUTSIDE_MAX_AGE] * 4 + [FieldStatus.NOT_FOUND]
 
 
 # ------------------------------------------------------------------ failover under load
