@@ -204,7 +204,9 @@ class OnlineStore:
                                        f"is unavailable: {e}") from None
             finally:
                 read.cancel()
-        if self._up is not True:
+        if self._up is not True and self._cluster is None:
+            # (on a cluster a read that succeeds shows only that the masters
+            # it needed answer: the probe, which PINGs every one, decides)
             await self.report(None)
         return lookup.split_replies(prepared, replies)
 

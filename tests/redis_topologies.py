@@ -14,7 +14,8 @@ import redis
 
 from featurestore import redis_client, redis_local
 
-NODE_TIMEOUT_MS = 1000   # a master silent this long is failed over by its replica
+NODE_TIMEOUT_MS = 2000   # a master silent this long is failed over by its replica (not
+# less: on a busy 2-core machine a node may be starved for a second)
 
 
 def _wait(condition, timeout_s: float, what: str):
@@ -148,7 +149,7 @@ class LocalSentinel:
             f"port {port}\nbind 127.0.0.1\ndir {conf.parent}\n"
             f"logfile {conf.parent / 'sentinel.log'}\n"
             f"sentinel monitor {self.master_name} 127.0.0.1 {self.master.port} 1\n"
-            f"sentinel down-after-milliseconds {self.master_name} 500\n"
+            f"sentinel down-after-milliseconds {self.master_name} 1000\n"
             f"sentinel failover-timeout {self.master_name} 5000\n")
         self._sentinel = subprocess.Popen([shutil.which("redis-server"), str(conf), "--sentinel"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
