@@ -21,6 +21,7 @@ import redis
 from redis.crc import key_slot
 
 from featurestore import config, layout, redis_client, redis_local
+from featurestore.bulk_redis import BulkWriter, resp_command
 from featurestore.cli import main as cli
 from featurestore.manifest import Manifest
 from serving.client import FeatureClient, FieldStatus
@@ -254,7 +255,7 @@ def test_a_master_killed_under_load_fails_over(redis_cluster, loop):  # noqa: F8
 def test_sentinel_follows_a_failover(tmp_path, loop):  # noqa: F811
     """A master watched by Sentinel, SIGKILLed under load: the server reads
     the replica Sentinel promotes, with only right values or UNAVAILABLE
-    meanwhile, and a stream writer writes to the new master."""
+    meanwhile, and the stream's and the batch's writers write to the new master."""
     setup = LocalSentinel(tmp_path)
     try:
         with redis_client.sync_client(setup.target) as c:
@@ -278,9 +279,13 @@ def test_sentinel_follows_a_failover(tmp_path, loop):  # noqa: F811
             assert writer.write([["u"], [_latest_text(STREAM_NOW - 10, [2.5, "books", 4])]]) == 1
         finally:
             writer.close()
+        with BulkWriter(setup.target) as bulk:   # and the batch writer's socket
+            bulk.send_bytes(resp_command("SET", "bulk", "written"), 1)
+            bulk.flush()
         with redis.Redis(port=setup.replica.port) as r:   # the master now
             assert layout.decode_row(r.get(layout.row_key("t", "spend", OUT.fingerprint, "u"))) \
                 == (STREAM_NOW - 10, [2.5, "books", 4])
+            assert r.get("bulk") == b"written"
     finally:
         setup.stop()
 
