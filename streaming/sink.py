@@ -23,10 +23,11 @@ unless a later update of the same tile or row replaced it first. Meanwhile
 the tile or row keeps the value it had: a request at t never counts an event
 after t, at the price of that one tile or row lagging until its newest event
 is due. On a Redis Cluster the deferred hash and the entity keys lie in
-different slots, so a release is three steps, each on one slot, under the
-sink's lock (only this sink writes its keys): read which held values are
-still there, write them, then remove each entry that still holds the value
-written (a crash in between writes the same value again later: harmless).
+different slots, so a release (on every kind of store alike) is three steps,
+each on one slot, under the sink's lock (only this sink writes its keys):
+read which held values are still there, write them, then remove each entry
+that still holds the value written (a crash in between writes the same
+value again later: harmless).
 
 The sink writes to one node, a Sentinel's master or a cluster
 (`featurestore.redis_client`: one pipeline per master there).
