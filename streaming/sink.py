@@ -22,12 +22,18 @@ the clock reaches that event, by the next write or a timer of the sink,
 unless a later update of the same tile or row replaced it first. Meanwhile
 the tile or row keeps the value it had: a request at t never counts an event
 after t, at the price of that one tile or row lagging until its newest event
-is due. On a Redis Cluster the deferred hash and the entity keys lie in
-different slots, so a release (on every kind of store alike) is three steps,
-each on one slot, under the sink's lock (only this sink writes its keys):
-read which held values are still there, write them, then remove each entry
-that still holds the value written (a crash in between writes the same
-value again later: harmless).
+is due. A release checks that the deferred hash still holds the value and
+writes it in one step (a script), so a current update of the same tile or
+row, which removes the held entry as it writes, can never be overwritten by
+the older held one, whichever sink subtask releases it (after a restart every
+subtask of the view loads every held update). On a Redis Cluster the deferred
+hash and the entity keys lie in different slots, which no script may touch
+together: there a release is three steps, each on one slot (read which held
+values are still there, write them, remove each entry that still holds the
+value written), atomic only within one subtask. With parallelism above 1, a
+subtask releasing an update it loaded at a restart and the subtask that owns
+the tile writing a newer update of it in the same instant may leave the older
+state until the tile's next update (docs/streaming.md).
 
 The sink writes to one node, a Sentinel's master or a cluster
 (`featurestore.redis_client`: one pipeline per master there).
@@ -52,9 +58,30 @@ from streaming.wire import DECODERS, Field, decoded_kind, latest_decoder, unflag
 TILES, LATEST, DROPPED = "tiles", "latest", "dropped"
 RELEASE_INTERVAL_S = 0.25   # how often a sink looks for held updates that are due
 
-# Removes released entries from the deferred hash (KEYS[1]; ARGV: entry,
-# value, entry, value, ...), each only while it still holds the value that
-# was written: a later update of the same tile or row replaced it otherwise.
+# Writes a held update (KEYS[1] the deferred hash, KEYS[2] its key; ARGV: the
+# entry, its stored value, the hash field or '' for a row, the value, the
+# expiry in ms or 0) only while the hash still holds that very value: a later
+# update of the same tile or row replaced or removed it otherwise. One node
+# (or a Sentinel's master) only: the two keys lie in different slots.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local expire = tonumber(ARGV[5])
+if ARGV[3] == '' then
+  if expire > 0 then redis.call('SET', KEYS[2], ARGV[4], 'PXAT', expire)
+  else redis.call('SET', KEYS[2], ARGV[4]) end
+  return 1
+end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+if expire > 0 and redis.call('PEXPIRETIME', KEYS[2]) < expire then
+  redis.call('PEXPIREAT', KEYS[2], expire)
+end
+return 1
+"""
+
+# A cluster's third step: removes released entries from the deferred hash
+# (KEYS[1]; ARGV: entry, value, entry, value, ...), each only while it still
+# holds the value that was written.
 _FORGET = """
 local n = 0
 for i = 1, #ARGV, 2 do
@@ -164,6 +191,15 @@ class WriteStats:
     released: int = 0     # held updates written once due
 
 
+def _unpack(held: list[tuple[bytes, bytes]]):
+    """(entry, stored value, key, hash field or b"", expiry ms or None, value
+    to write) of each held update."""
+    for entry, value in held:
+        key, _, field = entry.partition(b"\x00")
+        _, expire_ms, payload = layout.decode_deferred(value)
+        yield entry, value, key, field, expire_ms, payload
+
+
 class RedisSink:
     """Writes one output of one view to Redis, one pipelined round trip per batch."""
 
@@ -174,6 +210,7 @@ class RedisSink:
         self.project, self.view, self.part = project, view, part
         self.fields = input_fields(view, part)
         self._redis = redis_client.sync_client(store)
+        self._cluster = redis_client.target(store).cluster
         self._clock = clock
         self._keys: dict[tuple, bytes] = {}
         self._expiry: dict[bytes, int] = {}   # the expiry each tiles key was last given
@@ -196,7 +233,6 @@ class RedisSink:
         self._io = threading.RLock()     # one write or release at a time
         self._stop = threading.Event()
         self._timer = None
-        self._script = None
         if part != DROPPED:
             self._load_pending()
 
@@ -243,33 +279,39 @@ class RedisSink:
                        if release <= now]
             if not due:
                 return 0
-            held = self._redis.hmget(self._deferred_key, [entry for entry, _ in due])
-            still = [(entry, value) for (entry, value), now_held in zip(due, held)
-                     if now_held == value]
-            commands: list[tuple] = []
-            for entry, value in still:
-                key, _, field = entry.partition(b"\x00")
-                _, expire_ms, payload = layout.decode_deferred(value)
-                if not field:
-                    commands.append((b"SET", key, payload)
-                                    + ((b"PXAT", expire_ms) if expire_ms else ()))
-                    continue
-                commands.append((b"HSET", key, field, payload))
-                if expire_ms:   # a later expiry only: NX where it has none, else GT
-                    commands += [(b"PEXPIREAT", key, expire_ms, b"NX"),
-                                 (b"PEXPIREAT", key, expire_ms, b"GT")]
-            self._send(commands)
-            if self._script is None:
-                self._script = self._redis.register_script(_FORGET)
-            if still:
-                self._script(keys=[self._deferred_key],
-                             args=[part for pair in still for part in pair])
+            released = (self._release_in_steps(due) if self._cluster else
+                        sum(redis_client.execute(self._redis, [
+                            (b"EVAL", _RELEASE, 2, self._deferred_key, key, entry, value, field,
+                             payload, expire_ms or 0)
+                            for entry, value, key, field, expire_ms, payload in _unpack(due)])))
             with self._lock:
                 for entry, value in due:
                     if self._pending.get(entry, (0, None))[1] == value:
                         del self._pending[entry]
-            self.stats.released += len(still)
-            return len(still)
+            self.stats.released += released
+            return released
+
+    def _release_in_steps(self, due: list[tuple[bytes, bytes]]) -> int:
+        """A cluster's release (see the module docstring): the held values
+        still there, written, then their entries removed."""
+        held = self._redis.hmget(self._deferred_key, [entry for entry, _ in due])
+        still = [(entry, value) for (entry, value), now_held in zip(due, held)
+                 if now_held == value]
+        commands: list[tuple] = []
+        for _, _, key, field, expire_ms, payload in _unpack(still):
+            if not field:
+                commands.append((b"SET", key, payload)
+                                + ((b"PXAT", expire_ms) if expire_ms else ()))
+                continue
+            commands.append((b"HSET", key, field, payload))
+            if expire_ms:   # a later expiry only: NX where it has none, else GT
+                commands += [(b"PEXPIREAT", key, expire_ms, b"NX"),
+                             (b"PEXPIREAT", key, expire_ms, b"GT")]
+        self._send(commands)
+        if still:
+            self._redis.register_script(_FORGET)(
+                keys=[self._deferred_key], args=[part for pair in still for part in pair])
+        return len(still)
 
     def _defer(self, commands: list, key: bytes, field: bytes, release_us: int,
                expire_ms: int | None, value: bytes) -> None:
