@@ -124,7 +124,8 @@ def options(args, **kw) -> StreamOptions:
     tuning = flink_sql.Tuning(minibatch_ms=args.minibatch_ms, bundle_ms=args.bundle_ms,
                               arrow_batch_size=args.arrow_batch)
     return StreamOptions(parallelism=args.parallelism, heap=args.heap, tuning=tuning,
-                         monitor_interval_ms=args.monitor_ms, **kw)
+                         monitor_interval_ms=args.monitor_ms,
+                         count_lines=not args.no_line_count, **kw)
 
 
 class SourceProgress(threading.Thread):
@@ -375,6 +376,9 @@ def main() -> None:
     parser.add_argument("--parallelism", type=int, default=1)
     parser.add_argument("--heap", default="1g")
     parser.add_argument("--skip", choices=["throughput", "freshness"])
+    parser.add_argument("--no-line-count", action="store_true",
+                        help="as `featurestore stream --no-line-count`: no second read of "
+                             "the source counting the lines Flink's json reader skips")
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="featurestore-bench-"))
