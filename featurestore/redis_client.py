@@ -328,12 +328,8 @@ class ClusterClient(RedisCluster):
                     self._slot_map = fetch_slot_map(self._target)
                 return self._once(commands, self._slot_map)
             except (RedisError, OSError, LookupError) as e:
-                if isinstance(e, redis.ResponseError) and not is_redirect(e):
-                    raise
                 self._slot_map = None
-                if attempt == 2:
-                    raise redis.ConnectionError(f"the cluster did not take the commands after "
-                                                f"its slot map was refreshed: {e}") from None
+                retry_after(e, attempt)
         raise AssertionError("unreachable")
 
     def _once(self, commands: Sequence[tuple], slot_map: SlotMap) -> list:
@@ -352,6 +348,19 @@ class ClusterClient(RedisCluster):
         for pool in self._pools.values():
             pool.disconnect()
         super().close()
+
+
+def retry_after(error: BaseException, attempt: int) -> None:
+    """The one retry rule of a cluster's commands, after attempt 1 or 2
+    failed with `error` (the caller has dropped its slot map): an error reply
+    other than a slot move is raised as it is; a slot move or a master that
+    did not answer is tried once more with a fresh slot map, then raised as
+    ConnectionError (the server answers UNAVAILABLE)."""
+    if isinstance(error, redis.ResponseError) and not is_redirect(error):
+        raise error
+    if attempt == 2:
+        raise redis.ConnectionError(f"the cluster did not take the commands after its slot "
+                                    f"map was refreshed: {error}") from None
 
 
 def is_redirect(error: BaseException) -> bool:
@@ -575,12 +584,8 @@ class AsyncCluster:
                         self._target, timeout=self._options.get("socket_connect_timeout") or 1.0)
                 return await self._once(commands, self._map)
             except (RedisError, OSError, LookupError) as e:
-                if isinstance(e, redis.ResponseError) and not is_redirect(e):
-                    raise
                 self._map = None
-                if attempt == 2:
-                    raise redis.ConnectionError(f"the cluster did not serve the commands after "
-                                                f"its slot map was refreshed: {e}") from None
+                retry_after(e, attempt)
         raise AssertionError("unreachable")
 
     async def _once(self, commands: Sequence[tuple], slot_map: SlotMap) -> list:
