@@ -24,7 +24,7 @@ the tile or row keeps the value it had: a request at t never counts an event
 after t, at the price of that one tile or row lagging until its newest event
 is due. A release checks that the deferred hash still holds the value and
 writes it in one step (a script), so a current update of the same tile or
-row, which removes the held entry as it writes, can never be overwritten by
+row, which removes the held entry before it writes, can never be overwritten by
 the older held one, whichever sink subtask releases it (after a restart every
 subtask of the view loads every held update). On a Redis Cluster the deferred
 hash and the entity keys lie in different slots, which no script may touch
@@ -435,7 +435,7 @@ class RedisSink:
         floor = now - now % view.tile_us + view.future_us
         hsets: dict[bytes, list] = {}    # key -> HSET key field state field state ...
         ahead: dict[bytes, int] = {}     # key -> its newest start after floor (rare)
-        held: list[tuple] = []           # HSETs of the deferred hash
+        held: list[tuple] = []           # HSETs and HDELs of the deferred hash
         for key, start, field, state, last in zip(keys, starts, fields, states, newest):
             if start <= cut:
                 self.stats.expired += 1
@@ -452,7 +452,9 @@ class RedisSink:
                 hset += (field, state)
             if start > floor:
                 ahead[key] = max(ahead.get(key, start), start)
-        commands = list(map(tuple, hsets.values())) + held
+        # the held entries a current update replaces are removed before it is
+        # written: a release running in between then finds nothing to write
+        commands = held + list(map(tuple, hsets.values()))
         if keep is None:
             return commands
         for key in hsets:
