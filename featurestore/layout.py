@@ -10,6 +10,7 @@ Keys (UTF-8):
 
     fs3:<project>:<view>:<fingerprint>:{<entity key>}:r   latest row of the view
     fs3:<project>:<view>:<fingerprint>:{<entity key>}:t   tiles of the view (a hash)
+    fs3:<project>:<view>:<fingerprint>:{<entity key>}:h   stream updates held for the entity (a hash)
     fs3:<project>:<view>:<fingerprint>:materialized       the batch watermark (JSON)
     fs3:<project>:<view>:<fingerprint>:dropped            the stream's counts of events (a hash)
     fs3:<project>:<view>:<fingerprint>:live               the stream job writes this version (JSON)
@@ -38,10 +39,13 @@ Values:
   it; both engines write them, whole, as they write tiles.
 * watermark `{"end_us": E}`: batch materialization has written every event
   with ts <= E (`featurestore materialize --incremental` continues after E).
-* deferred: updates of the stream that hold an event later than the job's
-  clock, written only once the clock reaches it (`streaming.sink`): field
-  `<key>` NUL `<tiles hash field>` (empty for a row), value `<release µs>
-  <expiry ms> <the value to write>`.
+* held (`:h`) and deferred: updates of the stream that hold an event later
+  than the job's clock, written only once the clock reaches it
+  (`streaming.sink`): field `<key>` NUL `<tiles hash field>` (empty for a
+  row), value `<release µs> <expiry ms> <the value to write>`. Each entry is
+  in the entity's held hash, in the entity's slot, so that a release checks
+  it and writes the value in one script on a cluster too, and in the view's
+  deferred hash, which lists them all for a restarted job (and for status).
 * live `{"since_us": T}`: the stream job has written this version of the view
   since T (wall clock). The watermark or the live key is what tells a server
   that Redis holds a version of a view (`serving.versions`).
@@ -100,6 +104,14 @@ def watermark_key(project: str, view: str, fingerprint: str) -> bytes:
 
 def deferred_key(project: str, view: str, fingerprint: str) -> bytes:
     return f"{PREFIX}:{project}:{view}:{fingerprint}:deferred".encode()
+
+
+def held_key(key: bytes) -> bytes:
+    """The held hash of the entity whose row or tiles key is `key`."""
+    head, sep, kind = key.rpartition(b":")
+    if not sep or kind not in (b"r", b"t") or not head.endswith(b"}"):
+        raise ValueError(f"not a row or tiles key: {key!r}")
+    return head + b":h"
 
 
 def deferred_entry(key: bytes, field: bytes = b"") -> bytes:

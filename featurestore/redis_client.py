@@ -334,7 +334,7 @@ class ClusterClient(RedisCluster):
 
     def _once(self, commands: Sequence[tuple], slot_map: SlotMap) -> list:
         replies: list = [None] * len(commands)
-        slots = key_slots([command[1] for command in commands])
+        slots = key_slots([command_key(command) for command in commands])
         for address, rows in slot_map.group(slots):
             pool = self._pools.get(address)
             if pool is None:
@@ -348,6 +348,15 @@ class ClusterClient(RedisCluster):
         for pool in self._pools.values():
             pool.disconnect()
         super().close()
+
+
+def command_key(command: tuple):
+    """The key that places a command on a cluster: its first argument, or
+    a script's first key (EVAL script numkeys key ...)."""
+    name = command[0]
+    if name in (b"EVAL", b"EVALSHA", "EVAL", "EVALSHA"):
+        return command[3]
+    return command[1]
 
 
 def retry_after(error: BaseException, attempt: int) -> None:
@@ -602,7 +611,7 @@ class AsyncCluster:
             for i, reply in zip(rows, got):
                 replies[i] = reply
 
-        slots = key_slots([command[1] for command in commands])
+        slots = key_slots([command_key(command) for command in commands])
         sends = [asyncio.ensure_future(on(address, rows))
                  for address, rows in slot_map.group(slots)]
         try:

@@ -17,23 +17,17 @@ are built by `featurestore.layout` only.
 Events ahead of the job's clock (producers' clocks disagree; the job accepts
 them up to `windows.MAX_FUTURE_US` ahead) are never served before their time:
 an update that holds one (a tile whose newest event, or a latest row, is
-later than the clock) is held in the view's `deferred` hash and written when
-the clock reaches that event, by the next write or a timer of the sink,
-unless a later update of the same tile or row replaced it first. Meanwhile
-the tile or row keeps the value it had: a request at t never counts an event
-after t, at the price of that one tile or row lagging until its newest event
-is due. A release checks that the deferred hash still holds the value and
-writes it in one step (a script), so a current update of the same tile or
-row, which removes the held entry before it writes, can never be overwritten by
-the older held one, whichever sink subtask releases it (after a restart every
-subtask of the view loads every held update). On a Redis Cluster the deferred
-hash and the entity keys lie in different slots, which no script may touch
-together: there a release is three steps, each on one slot (read which held
-values are still there, write them, remove each entry that still holds the
-value written), atomic only within one subtask. With parallelism above 1, a
-subtask releasing an update it loaded at a restart and the subtask that owns
-the tile writing a newer update of it in the same instant may leave the older
-state until the tile's next update (docs/streaming.md).
+later than the clock) is held (`layout.held_key`, and listed in the view's
+`deferred` hash) and written when the clock reaches that event, by the next
+write or a timer of the sink, unless a later update of the same tile or row
+replaced it first. Meanwhile the tile or row keeps the value it had: a
+request at t never counts an event after t, at the price of that one tile or
+row lagging until its newest event is due. A release checks that the
+entity's held hash still holds the value and writes it in one script, on the
+entity's slot (on a cluster too), so a current update of the same tile or
+row, which removes the held entry before it writes, can never be overwritten
+by the older held one, whichever sink subtask releases it (after a restart
+every subtask of the view loads every held update from the deferred hash).
 
 The sink writes to one node, a Sentinel's master or a cluster
 (`featurestore.redis_client`: one pipeline per master there).
@@ -58,11 +52,10 @@ from streaming.wire import DECODERS, Field, decoded_kind, latest_decoder, unflag
 TILES, LATEST, DROPPED = "tiles", "latest", "dropped"
 RELEASE_INTERVAL_S = 0.25   # how often a sink looks for held updates that are due
 
-# Writes a held update (KEYS[1] the deferred hash, KEYS[2] its key; ARGV: the
-# entry, its stored value, the hash field or '' for a row, the value, the
-# expiry in ms or 0) only while the hash still holds that very value: a later
-# update of the same tile or row replaced or removed it otherwise. One node
-# (or a Sentinel's master) only: the two keys lie in different slots.
+# Writes a held update (KEYS[1] the entity's held hash, KEYS[2] its key, one
+# slot; ARGV: the entry, its stored value, the hash field or '' for a row, the
+# value, the expiry in ms or 0) only while the held hash still holds that very
+# value: a later update of the same tile or row replaced or removed it otherwise.
 _RELEASE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
@@ -79,9 +72,9 @@ end
 return 1
 """
 
-# A cluster's third step: removes released entries from the deferred hash
-# (KEYS[1]; ARGV: entry, value, entry, value, ...), each only while it still
-# holds the value that was written.
+# Removes entries from the deferred hash (KEYS[1]; ARGV: entry, value, entry,
+# value, ...), each only while it still lists that value: once released (or
+# found replaced), a held update leaves the list.
 _FORGET = """
 local n = 0
 for i = 1, #ARGV, 2 do
@@ -210,7 +203,6 @@ class RedisSink:
         self.project, self.view, self.part = project, view, part
         self.fields = input_fields(view, part)
         self._redis = redis_client.sync_client(store)
-        self._cluster = redis_client.target(store).cluster
         self._clock = clock
         self._keys: dict[tuple, bytes] = {}
         self._expiry: dict[bytes, int] = {}   # the expiry each tiles key was last given
@@ -279,11 +271,12 @@ class RedisSink:
                        if release <= now]
             if not due:
                 return 0
-            released = (self._release_in_steps(due) if self._cluster else
-                        sum(redis_client.execute(self._redis, [
-                            (b"EVAL", _RELEASE, 2, self._deferred_key, key, entry, value, field,
-                             payload, expire_ms or 0)
-                            for entry, value, key, field, expire_ms, payload in _unpack(due)])))
+            released = sum(redis_client.execute(self._redis, [
+                (b"EVAL", _RELEASE, 2, layout.held_key(key), key, entry, value, field, payload,
+                 expire_ms or 0)
+                for entry, value, key, field, expire_ms, payload in _unpack(due)]))
+            redis_client.execute(self._redis, [
+                (b"EVAL", _FORGET, 1, self._deferred_key, *(part for pair in due for part in pair))])
             with self._lock:
                 for entry, value in due:
                     if self._pending.get(entry, (0, None))[1] == value:
@@ -291,33 +284,12 @@ class RedisSink:
             self.stats.released += released
             return released
 
-    def _release_in_steps(self, due: list[tuple[bytes, bytes]]) -> int:
-        """A cluster's release (see the module docstring): the held values
-        still there, written, then their entries removed."""
-        held = self._redis.hmget(self._deferred_key, [entry for entry, _ in due])
-        still = [(entry, value) for (entry, value), now_held in zip(due, held)
-                 if now_held == value]
-        commands: list[tuple] = []
-        for _, _, key, field, expire_ms, payload in _unpack(still):
-            if not field:
-                commands.append((b"SET", key, payload)
-                                + ((b"PXAT", expire_ms) if expire_ms else ()))
-                continue
-            commands.append((b"HSET", key, field, payload))
-            if expire_ms:   # a later expiry only: NX where it has none, else GT
-                commands += [(b"PEXPIREAT", key, expire_ms, b"NX"),
-                             (b"PEXPIREAT", key, expire_ms, b"GT")]
-        self._send(commands)
-        if still:
-            self._redis.register_script(_FORGET)(
-                keys=[self._deferred_key], args=[part for pair in still for part in pair])
-        return len(still)
-
     def _defer(self, commands: list, key: bytes, field: bytes, release_us: int,
                expire_ms: int | None, value: bytes) -> None:
         entry = layout.deferred_entry(key, field)
         stored = layout.encode_deferred(release_us, expire_ms, value)
-        commands.append((b"HSET", self._deferred_key, entry, stored))
+        commands += [(b"HSET", layout.held_key(key), entry, stored),
+                     (b"HSET", self._deferred_key, entry, stored)]
         with self._lock:
             self._pending[entry] = (release_us, stored)
         self.stats.deferred += 1
@@ -332,7 +304,8 @@ class RedisSink:
         with self._lock:
             held = self._pending.pop(entry, None)
         if held is not None:
-            commands.append((b"HDEL", self._deferred_key, entry))
+            commands += [(b"HDEL", layout.held_key(key), entry),
+                         (b"HDEL", self._deferred_key, entry)]
 
     def write(self, columns: Sequence[list]) -> int:
         """Write one batch, given as columns in `input_fields` order (flags

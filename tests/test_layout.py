@@ -36,6 +36,8 @@ def _vectors() -> dict[str, str]:
         "watermark key": layout.watermark_key("shop", "user_spend", "0a1b2c3d").decode(),
         "watermark value": layout.encode_watermark(1767225600000000).decode(),
         "live key": layout.live_key("shop", "user_spend", "0a1b2c3d").decode(),
+        "held key": layout.held_key(layout.tiles_key("shop", "user_spend", "0a1b2c3d",
+                                                     ek(["u1", 7]))).decode(),
         "deferred key": layout.deferred_key("shop", "user_spend", "0a1b2c3d").decode(),
         "deferred entry": layout.deferred_entry(b"k", b"1767225600000000").decode(),
         "deferred value": layout.encode_deferred(1767225600000001, 1767312000000,

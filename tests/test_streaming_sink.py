@@ -301,6 +301,35 @@ def test_held_updates_survive_a_restart_of_the_sink(store):
     second.close()
 
 
+def test_after_a_restart_no_subtask_writes_a_held_update_over_a_newer_one(store):
+    """After a restart every subtask loads every held update. The subtask
+    that owns a tile writes a newer update of it; another subtask's release
+    of the held one must then write nothing, and the held entry is gone from
+    the entity's held hash and from the view's list. On one node and on a
+    cluster (the held hash lies in the tile's slot)."""
+    clock = Clock(NOW)
+    r = store.client
+    key = layout.tiles_key("t", "spend", VIEW.fingerprint(), "u")
+    ahead = dict(_tile_row("u", CURRENT, count=2, amounts=[1.0, 9.0], nan=False,
+                           first=(NOW - 5, "a"), ns=[1]), newest=NOW + 30 * US)
+    before = sink.RedisSink("t", OUT, sink.TILES, store.target, clock=clock)
+    before.write(_columns(sink.TILES, [ahead]))
+    before.close()
+    assert r.hlen(layout.held_key(key)) == 1
+    owner = sink.RedisSink("t", OUT, sink.TILES, store.target, clock=clock)   # restarted:
+    other = sink.RedisSink("t", OUT, sink.TILES, store.target, clock=clock)   # both load it
+    clock.now = NOW + MIN
+    newer = dict(ahead, __sr_count_row=4, newest=NOW + MIN)
+    owner.write(_columns(sink.TILES, [newer]))
+    assert layout.decode_tile(r.hget(key, layout.tile_field(CURRENT)))[0] == 4
+    assert other.release_due() == 0
+    assert layout.decode_tile(r.hget(key, layout.tile_field(CURRENT)))[0] == 4
+    assert r.hlen(layout.held_key(key)) == 0
+    assert r.hlen(layout.deferred_key("t", "spend", VIEW.fingerprint())) == 0
+    owner.close()
+    other.close()
+
+
 def test_dropped_counts_are_kept_per_reason_and_hour(store):
     writer = _sink(store.target, sink.DROPPED)
     hour = NOW - NOW % HOUR
