@@ -192,18 +192,25 @@ class OnlineStore:
         loop = asyncio.get_running_loop()
         deadline = None if time_left is None else loop.time() + time_left
         async with _within(self._slots, time_left):
-            read = asyncio.ensure_future(self._execute(
-                list(lookup.commands(self._project, prepared)), timed=True))
+            watch = _ReadWatch(self, None if deadline is None else deadline - loop.time())
             try:
-                replies = await self._await_read(read, deadline)
-            except asyncio.TimeoutError:  # the deadline (an OSError: not Redis' fault)
-                raise
+                replies = await self._execute(list(lookup.commands(self._project, prepared)),
+                                              timed=True)
+            except asyncio.CancelledError:
+                if watch.outcome is None:   # cancelled from outside: the call went away
+                    raise
+                asyncio.current_task().uncancel()
+                if watch.outcome == _DEADLINE:  # an OSError, not Redis' fault
+                    raise asyncio.TimeoutError from None
+                await self.report(f"no answer within {READ_TIMEOUT_S} s")
+                raise StoreUnavailable(f"the online store (Redis at {self.location}) did not "
+                                       f"answer within {READ_TIMEOUT_S} s") from None
             except _UNAVAILABLE as e:
                 await self.report(e)
                 raise StoreUnavailable(f"the online store (Redis at {self.location}) "
                                        f"is unavailable: {e}") from None
             finally:
-                read.cancel()
+                watch.stop()
         if self._up is not True and self._cluster is None:
             # (on a cluster a read that succeeds shows only that the masters
             # it needed answer: the probe, which PINGs every one, decides)
@@ -216,23 +223,6 @@ class OnlineStore:
             replies = await asyncio.wait_for(self._execute([(b"EXISTS", k) for k in keys]),
                                              READ_TIMEOUT_S)
         return [bool(n) for n in replies]
-
-    async def _await_read(self, read: asyncio.Future, deadline: float | None) -> list:
-        loop = asyncio.get_running_loop()
-        while True:
-            wait = READ_TIMEOUT_S if deadline is None else min(READ_TIMEOUT_S,
-                                                               deadline - loop.time())
-            done, _ = await asyncio.wait({read}, timeout=max(0.0, wait))
-            if done:
-                return read.result()
-            if deadline is not None and loop.time() >= deadline:
-                raise asyncio.TimeoutError
-            if not await self.answers():
-                await self.report(f"no answer within {READ_TIMEOUT_S} s")
-                raise StoreUnavailable(f"the online store (Redis at {self.location}) did not "
-                                       f"answer within {READ_TIMEOUT_S} s")
-            log.debug("a read took over %s s while Redis answers: the server is busy",
-                      READ_TIMEOUT_S)
 
     async def _execute(self, commands: list[tuple], timed: bool = False) -> list:
         """The replies of `commands`, in order (the keys of one command
@@ -294,10 +284,57 @@ class OnlineStore:
         self._ping_thread.shutdown(wait=False)
 
 
+_DEADLINE, _SILENT = "deadline", "silent"
+
+
+class _ReadWatch:
+    """Watches the read of the current task, with timers instead of a task
+    of its own (a lookup's read costs no more than its round trip): at the
+    caller's deadline it cancels the read (outcome _DEADLINE); every
+    READ_TIMEOUT_S it asks whether Redis answers a PING and cancels the
+    read only when it does not (outcome _SILENT). A read that takes longer
+    while Redis answers (the server is busy, not Redis) goes on."""
+
+    def __init__(self, store: "OnlineStore", time_left: float | None):
+        loop = asyncio.get_running_loop()
+        self.outcome: str | None = None
+        self._store, self._loop, self._task = store, loop, asyncio.current_task()
+        self._probe: asyncio.Task | None = None
+        self._timers = [loop.call_later(READ_TIMEOUT_S, self._ask)]
+        if time_left is not None:
+            self._timers.append(loop.call_later(max(0.0, time_left), self._end, _DEADLINE))
+
+    def _end(self, outcome: str) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+            self._task.cancel()
+
+    def _ask(self) -> None:
+        self._probe = self._loop.create_task(self._answers())
+
+    async def _answers(self) -> None:
+        if await self._store.answers():
+            log.debug("a read took over %s s while Redis answers: the server is busy",
+                      READ_TIMEOUT_S)
+            self._timers.append(self._loop.call_later(READ_TIMEOUT_S, self._ask))
+        else:
+            self._end(_SILENT)
+
+    def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        if self._probe is not None:
+            self._probe.cancel()
+
+
 @contextlib.asynccontextmanager
 async def _within(semaphore: asyncio.Semaphore, time_left: float | None):
-    """Hold `semaphore`, waiting at most `time_left` seconds (TimeoutError)."""
-    await asyncio.wait_for(semaphore.acquire(), time_left)
+    """Hold `semaphore`, waiting at most `time_left` seconds (TimeoutError).
+    A free one is taken at once: `wait_for` would make a task of every wait."""
+    if semaphore.locked():
+        await asyncio.wait_for(semaphore.acquire(), time_left)
+    else:
+        await semaphore.acquire()
     try:
         yield
     finally:
