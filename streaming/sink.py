@@ -240,11 +240,16 @@ class RedisSink:
         return (self.part == TILES) == (not entry.endswith(b"\x00"))
 
     def _load_pending(self) -> None:
-        """Updates held before a restart: the sink writes them when due."""
+        """Updates held before a restart: the sink writes them when due. One
+        listed without its held copy (a sink before held hashes wrote only the
+        list) is given one, so that it is released, not dropped."""
         held = self._redis.hgetall(self._deferred_key)
         for entry, value in held.items():
             if self._mine(entry):
                 self._pending[entry] = (layout.decode_deferred(value)[0], value)
+        redis_client.execute(self._redis, [
+            (b"HSETNX", layout.held_key(entry.partition(b"\x00")[0]), entry, value)
+            for entry, (_, value) in self._pending.items()])
         if self._pending:
             self._start_timer()
 

@@ -330,6 +330,23 @@ def test_after_a_restart_no_subtask_writes_a_held_update_over_a_newer_one(store)
     other.close()
 
 
+def test_an_update_held_by_an_older_sink_is_still_released(store):
+    """Before held hashes, a held update was only listed in the view's
+    deferred hash: a sink that finds one there gives it its held copy and
+    writes it when due."""
+    r = store.client
+    row_key = layout.row_key("t", "spend", VIEW.fingerprint(), "u")
+    value = layout.encode_row(NOW + 10 * US, [3.0, "y", 1])
+    r.hset(layout.deferred_key("t", "spend", VIEW.fingerprint()), layout.deferred_entry(row_key),
+           layout.encode_deferred(NOW + 10 * US, None, value))
+    clock = Clock(NOW + 10 * US)
+    restarted = sink.RedisSink("t", OUT, sink.LATEST, store.target, clock=clock)
+    assert restarted.release_due() == 1
+    assert r.get(row_key) == value
+    assert r.hlen(layout.deferred_key("t", "spend", VIEW.fingerprint())) == 0
+    restarted.close()
+
+
 def test_dropped_counts_are_kept_per_reason_and_hour(store):
     writer = _sink(store.target, sink.DROPPED)
     hour = NOW - NOW % HOUR
