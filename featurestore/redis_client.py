@@ -21,6 +21,7 @@ included, vectorized).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -504,26 +505,6 @@ def fetch_slot_map(where: RedisTarget, known: Iterable[tuple[str, int]] = (),
     raise redis.ConnectionError("no node of the cluster gave its slot map: " + "; ".join(errors))
 
 
-async def fetch_slot_map_async(where: RedisTarget, known: Iterable[tuple[str, int]] = (),
-                               timeout: float = 1.0) -> SlotMap:
-    """`fetch_slot_map` on the event loop."""
-    import redis.asyncio as aioredis
-
-    errors: list[str] = []
-    options = _options(where, {"socket_timeout": timeout, "socket_connect_timeout": timeout})
-    for address in _candidates(where, known):
-        try:
-            async with aioredis.Redis(host=address[0], port=address[1], **options) as r:
-                reply = await r.execute_command("CLUSTER", "SLOTS")
-        except (RedisError, OSError) as e:
-            errors.append(f"{address[0]}:{address[1]}: {e}")
-            continue
-        slot_map = _complete(reply, address, errors)
-        if slot_map is not None:
-            return slot_map
-    raise redis.ConnectionError("no node of the cluster gave its slot map: " + "; ".join(errors))
-
-
 def _candidates(where: RedisTarget, known: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
     return list(dict.fromkeys([*known, *where.nodes]))
 
@@ -589,8 +570,10 @@ class AsyncCluster:
         for attempt in (1, 2):
             try:
                 if self._map is None:
-                    self._map = await fetch_slot_map_async(
-                        self._target, timeout=self._options.get("socket_connect_timeout") or 1.0)
+                    # rare (a first read, a slot move): the one fetch, on a thread
+                    self._map = await asyncio.to_thread(
+                        fetch_slot_map, self._target,
+                        timeout=self._options.get("socket_connect_timeout") or 1.0)
                 return await self._once(commands, self._map)
             except (RedisError, OSError, LookupError) as e:
                 self._map = None
@@ -598,8 +581,6 @@ class AsyncCluster:
         raise AssertionError("unreachable")
 
     async def _once(self, commands: Sequence[tuple], slot_map: SlotMap) -> list:
-        import asyncio
-
         replies: list = [None] * len(commands)
 
         async def on(address: tuple[str, int], rows) -> None:

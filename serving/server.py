@@ -606,7 +606,8 @@ def _bind(server: grpc.aio.Server, address: str, options: ServerOptions) -> int:
     return server.add_secure_port(address, creds)
 
 
-async def start_server(manifest: Manifest, store: redis_client.RedisTarget | str, host: str = "127.0.0.1",
+async def start_server(manifest: Manifest, store: redis_client.RedisTarget | str,
+                       host: str = "127.0.0.1",
                        port: int = 0, clock: Clock | None = None,
                        options: ServerOptions | None = None, *,
                        worker: bool = False,
@@ -710,7 +711,8 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-async def serve_until_signalled(manifest_path: str | Path, store: redis_client.RedisTarget | str, host: str, port: int,
+async def serve_until_signalled(manifest_path: str | Path, store: redis_client.RedisTarget | str,
+                                host: str, port: int,
                                 options: ServerOptions, worker: str | None = None,
                                 on_ready: Callable[[], object] | None = None) -> None:
     """Serve the manifest at `manifest_path` (re-read when it changes) until

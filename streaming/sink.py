@@ -281,7 +281,8 @@ class RedisSink:
                  expire_ms or 0)
                 for entry, value, key, field, expire_ms, payload in _unpack(due)]))
             redis_client.execute(self._redis, [
-                (b"EVAL", _FORGET, 1, self._deferred_key, *(part for pair in due for part in pair))])
+                (b"EVAL", _FORGET, 1, self._deferred_key,
+                 *(part for pair in due for part in pair))])
             with self._lock:
                 for entry, value in due:
                     if self._pending.get(entry, (0, None))[1] == value:
