@@ -1,20 +1,22 @@
-"""The Redis layout, version 3: the one place that knows how keys and values look.
+"""The Redis layout, version 4: the one place that knows how keys and values look.
 
 Every writer (batch materialize, the streaming sink) and the server import this
-module; nothing else builds a key or decodes a value. Version 3 added rollup
-tiles (`featurestore.windows`), so that a window reads a bounded number of
-tiles whatever its length; version 2 made the tile states exact
-(`featurestore.tiles`). Keys of older versions (`fs1:`, `fs2:`) are never read.
+module; nothing else builds a key or decodes a value. Version 4 stores tiles
+as fixed-width binary words (`TileCodec`), which a server decodes and merges
+with numpy instead of parsing JSON per value; version 3 added rollup tiles
+(`featurestore.windows`), so that a window reads a bounded number of tiles
+whatever its length; version 2 made the tile states exact
+(`featurestore.tiles`). Keys of older versions (`fs1:` to `fs3:`) are never read.
 
 Keys (UTF-8):
 
-    fs3:<project>:<view>:<fingerprint>:{<entity key>}:r   latest row of the view
-    fs3:<project>:<view>:<fingerprint>:{<entity key>}:t   tiles of the view (a hash)
-    fs3:<project>:<view>:<fingerprint>:{<entity key>}:h   stream updates held for the entity (a hash)
-    fs3:<project>:<view>:<fingerprint>:materialized       the batch watermark (JSON)
-    fs3:<project>:<view>:<fingerprint>:dropped            the stream's counts of events (a hash)
-    fs3:<project>:<view>:<fingerprint>:live               the stream job writes this version (JSON)
-    fs3:<project>:<view>:<fingerprint>:deferred           stream updates held until their time (a hash)
+    fs4:<project>:<view>:<fingerprint>:{<entity key>}:r   latest row of the view
+    fs4:<project>:<view>:<fingerprint>:{<entity key>}:t   tiles of the view (a hash)
+    fs4:<project>:<view>:<fingerprint>:{<entity key>}:h   stream updates held for the entity (a hash)
+    fs4:<project>:<view>:<fingerprint>:materialized       the batch watermark (JSON)
+    fs4:<project>:<view>:<fingerprint>:dropped            the stream's counts of events (a hash)
+    fs4:<project>:<view>:<fingerprint>:live               the stream job writes this version (JSON)
+    fs4:<project>:<view>:<fingerprint>:deferred           stream updates held until their time (a hash)
 
 * `<fingerprint>` hashes the view's definition, so a changed view never reads
   state written under an older one.
@@ -31,12 +33,14 @@ Values:
   integer epoch microseconds, null -> null.
 * tiles hash field = tile start in epoch microseconds (decimal ASCII) for a
   tile of the view's own size, `<size>:<start>` (both in microseconds) for a
-  rollup tile of a larger size (`featurestore.windows.levels`); value = compact
-  JSON list of partial states (see `featurestore.tiles`), one per slot: the
-  view's aggregations in order, those that differ only in their window
+  rollup tile of a larger size (`featurestore.windows.levels`); value = the
+  tile's partial states (see `featurestore.tiles`), one per slot: the view's
+  aggregations in order, those that differ only in their window
   (`sum(x) over 1h, 1d`) sharing the slot of the first (`View.state_slots`,
-  the manifest's `state`). A rollup holds the merged states of the tiles inside
-  it; both engines write them, whole, as they write tiles.
+  the manifest's `state`), encoded by the view's `TileCodec`: binary words
+  where every state has a fixed width and its words fit in 64 bits, else
+  the compact JSON list of the states. A rollup holds the merged states of
+  the tiles inside it; both engines write them, whole, as they write tiles.
 * watermark `{"end_us": E}`: batch materialization has written every event
   with ts <= E (`featurestore materialize --incremental` continues after E).
 * held (`:h`) and deferred: updates of the stream that hold an event later
@@ -59,12 +63,16 @@ the equality.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
+import struct
 from dataclasses import dataclass, field as _field
 from typing import Iterable, Mapping, Sequence
 
-LAYOUT_VERSION = 3
+import numpy as np
+
+LAYOUT_VERSION = 4
 PREFIX = f"fs{LAYOUT_VERSION}"
 
 _ESCAPES = {"%": "%25", "|": "%7C", "{": "%7B", "}": "%7D", ":": "%3A"}
@@ -289,6 +297,268 @@ def decode_tiles(raw: Mapping[bytes, bytes]) -> tuple[list[int], list[list]]:
         starts = [starts[i] for i in order]
         states = [states[i] for i in order]
     return starts, states
+
+
+# ------------------------------------------------------------------ binary tiles
+BINARY_TAG = 0x01           # first byte of a binary tile value (JSON starts with "[")
+_HEADER = 9                 # the tag and the null mask
+_BASE = 62                  # (H, L) and Q are stored as high word, 62-bit low word
+_MASK = (1 << _BASE) - 1
+_I64 = (-(1 << 63), (1 << 63) - 1)
+_MAX_WORDS = 64             # one null bit per word in a 64-bit mask
+
+# word kinds: "n" count, "s" exact integer sum, "h"/"l" high and low word of
+# H * 2**62 + L (float sums), "qh"/"ql" the same of the squares
+# Q = A * 2**64 + B * 2**33 + C (variance), "i"/"f"/"b" an int64, float64 or
+# bool value (min, max), "t" the time of a (time, value) pair
+_VALUE_WORDS = {"int64": "i", "int32": "i", "timestamp": "i", "float64": "f",
+                "float32": "f", "bool": "b"}
+
+
+@dataclass(frozen=True)
+class TileCodec:
+    """How the tiles of one view are stored, from the aggregations of its
+    state slots (`View.state_owners`, in slot order).
+
+    A view whose every state column is a number of fixed width (counts,
+    sums, averages, variances, min/max/first/last of int64, float64, bool
+    or timestamps) has *binary* tiles: the byte 0x01, a little-endian uint64
+    whose bit w is set when word w is null, then 8 bytes per word, little
+    endian (int64, or float64 for a float value). Its state columns map to
+    words (`words`): a count to one word; an exact sum S to one; the pair
+    (H, L) of a float sum to the words of T = H * 2**62 + L, written as
+    (T >> 62, T & (2**62 - 1)); the squares (A, B, C) of a variance to the
+    same two words of Q = A * 2**64 + B * 2**33 + C (decoded as A = Q >> 64,
+    B = 0, C = Q mod 2**64: the same value); a min or max to one; a first or
+    last to two (time, value). A tile one of whose words does not fit in an
+    int64, and every tile of a view with another state (count_distinct,
+    strings), is stored as JSON (`encode_tile`). Readers tell the two apart
+    by the first byte."""
+    slots: tuple[tuple[tuple[str, ...], ...], ...]   # per slot, per state column: its word kinds
+    bare: tuple[bool, ...]                         # per slot: the state is its single column
+    fixed: bool                                    # binary tiles
+    reduces: tuple[str, ...]                       # per word: how words merge (count, sum, min, max)
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return tuple(w for slot in self.slots for column in slot for w in column)
+
+    @property
+    def size(self) -> int:
+        """Bytes of a binary tile value."""
+        return _HEADER + 8 * len(self.words)
+
+    @property
+    def dtype(self):
+        """The numpy record of a binary tile value."""
+        return np.dtype([("tag", "u1"), ("nulls", "<u8"), ("words", "<i8", (len(self.words),))])
+
+    # -------------------------------------------------------------- one tile
+    def encode(self, states: Sequence[object]) -> bytes:
+        """The value of one tile from its states (as `featurestore.tiles`
+        builds them, one per slot)."""
+        if self.fixed:
+            words = self._words(states)
+            if words is not None:
+                nulls = sum(1 << k for k, w in enumerate(words) if w is None)
+                return _pack_one(self.words, nulls, words)
+        return encode_tile(states)
+
+    def _words(self, states: Sequence[object]) -> list | None:
+        words: list = []
+        for slot, bare, state in zip(self.slots, self.bare, states, strict=True):
+            columns = [state] if bare else (state or [None] * len(slot))
+            if len(columns) != len(slot):
+                raise ValueError(f"a state of {len(columns)} columns where {len(slot)} belong")
+            skip = 0
+            for kinds, at in zip(slot, range(len(slot))):
+                if skip:
+                    skip -= 1
+                    continue
+                value = columns[at]
+                first = kinds[0] if kinds else None
+                if first == "h":
+                    hi, lo = columns[at], columns[at + 1]
+                    words += _split(None if hi is None else hi * (1 << _BASE) + (lo or 0))
+                    skip = 1
+                elif first == "qh":
+                    a, b, c = columns[at:at + 3]
+                    words += _split(None if a is None else (a << 64) + (b << 33) + c)
+                    skip = 2
+                elif first == "t":
+                    words += [None, None] if value is None else [value[0], value[1]]
+                elif first == "n":
+                    words.append(value or 0)
+                else:
+                    words.append(value)
+        for kind, w in zip(self.words, words):
+            if w is not None and kind != "f" and not _I64[0] <= w <= _I64[1]:
+                return None
+        return words
+
+    def unpack(self, values: Sequence[bytes | None]):
+        """(words, nulls, present) of n tile values, None standing for a
+        tile that is absent: words an (n, words) int64 array (float words
+        hold their float64 bits), nulls a bool array of the same shape,
+        present a bool array of n. None when a value present is not a binary
+        tile of this codec (a JSON tile, or a corrupt one)."""
+        if not self.fixed:
+            return None
+        absent = self._absent
+        blob = b"".join([absent if v is None else v for v in values])
+        if len(blob) != len(values) * self.size:
+            return None
+        records = np.frombuffer(blob, self.dtype)
+        if not (records["tag"] == BINARY_TAG).all():
+            return None
+        present = np.fromiter((v is not None for v in values), np.bool_, len(values))
+        shifts = np.arange(len(self.words), dtype=np.uint64)
+        nulls = ((records["nulls"][:, None] >> shifts) & np.uint64(1)).astype(np.bool_)
+        return records["words"], nulls, present
+
+    @functools.cached_property
+    def _absent(self) -> bytes:
+        return _pack_one(self.words, (1 << len(self.words)) - 1, [None] * len(self.words))
+
+    def decode(self, raw: bytes) -> list:
+        """The states of one tile value, binary or JSON."""
+        if raw[:1] != bytes([BINARY_TAG]):
+            return decode_tile(raw)
+        if len(raw) != self.size:
+            raise ValueError(f"a binary tile of {len(raw)} bytes; this view's are {self.size}")
+        nulls = int.from_bytes(raw[1:_HEADER], "little")
+        values = struct.unpack_from("<%dq" % len(self.words), raw, _HEADER)
+        words = [None if nulls >> k & 1 else _word_value(kind, v)
+                 for k, (kind, v) in enumerate(zip(self.words, values))]
+        return self._states(words)
+
+    def _states(self, words: list) -> list:
+        states, at = [], 0
+        for slot, bare in zip(self.slots, self.bare):
+            columns = []
+            for kinds in slot:
+                if not kinds:
+                    continue    # B of a variance: folded into the words of Q
+                got = words[at:at + len(kinds)]
+                at += len(kinds)
+                first = kinds[0]
+                if first in ("h", "qh"):
+                    total = None if got[0] is None else (got[0] << _BASE) + got[1]
+                    if first == "h":
+                        columns += [None, None] if total is None else [total >> _BASE,
+                                                                         total & _MASK]
+                    else:
+                        columns += ([None, None, None] if total is None else
+                                    [total >> 64, 0, total & ((1 << 64) - 1)])
+                elif first == "t":
+                    columns.append(None if got[0] is None else [got[0], got[1]])
+                else:
+                    columns.append(got[0])
+            states.append(columns[0] if bare else columns)
+        return states
+
+    # -------------------------------------------------------------- many tiles
+    def pack(self, words: Sequence, nulls: Sequence) -> list[bytes] | None:
+        """Binary values of n tiles from their words: `words[w]` an int64 (or
+        float64, for an "f" word) array of n, `nulls[w]` a bool array of n
+        (or None: no nulls). None when the view's tiles are not binary."""
+        if not self.fixed:
+            return None
+        n = len(words[0]) if words else 0
+        out = np.zeros(n, self.dtype)
+        out["tag"] = BINARY_TAG
+        mask = np.zeros(n, np.uint64)
+        for k, (word, null) in enumerate(zip(words, nulls, strict=True)):
+            word = np.asarray(word)
+            if word.dtype.kind == "f":
+                word = word.view(np.int64)
+            if null is not None:
+                null = np.asarray(null, np.bool_)
+                word = np.where(null, 0, word)
+                mask |= null.astype(np.uint64) << np.uint64(k)
+            out["words"][:, k] = word
+        out["nulls"] = mask
+        data = out.tobytes()
+        size = self.size
+        return [data[at:at + size] for at in range(0, len(data), size)]
+
+    def encode_columns(self, columns: Sequence[Sequence[object]]) -> list[bytes]:
+        """The values of many tiles from their state columns (one list per
+        state column of every slot, in order, as `encode` reads them): binary
+        where the tile's words fit, else JSON. The streaming writers encode a
+        batch this way."""
+        n = len(columns[0]) if columns else 0
+        shapes = [None if bare else len(slot) for slot, bare in zip(self.slots, self.bare)]
+        if not self.fixed:
+            return encode_tiles(shapes, columns, ["any"] * len(columns))
+        per_tile = []
+        for r in range(n):
+            at, states = 0, []
+            for shape in shapes:
+                if shape is None:
+                    states.append(columns[at][r])
+                    at += 1
+                else:
+                    states.append([columns[at + c][r] for c in range(shape)])
+                    at += shape
+            per_tile.append(states)
+        return [self.encode(states) for states in per_tile]
+
+
+def _split(total: int | None) -> list:
+    return [None, None] if total is None else [total >> _BASE, total & _MASK]
+
+
+def _word_value(kind: str, word: int):
+    if kind == "f":
+        return struct.unpack("<d", struct.pack("<q", word))[0]
+    if kind == "b":
+        return bool(word)
+    return word
+
+
+def _pack_one(kinds: Sequence[str], nulls: int, words: Sequence) -> bytes:
+    values = [0 if w is None else (struct.unpack("<q", struct.pack("<d", w))[0] if k == "f"
+                                   else int(w)) for k, w in zip(kinds, words)]
+    return bytes([BINARY_TAG]) + nulls.to_bytes(8, "little") + struct.pack(
+        "<%dq" % len(values), *values)
+
+
+def tile_codec(aggregations: Sequence) -> TileCodec:
+    """The codec of a view whose state slots hold `aggregations`
+    (`featurestore.tiles.Aggregation`, in slot order)."""
+    return _codec(tuple(aggregations))
+
+
+@functools.lru_cache(maxsize=1024)
+def _codec(aggregations: tuple) -> TileCodec:
+    slots, fixed, reduces = [], True, []
+    for agg in aggregations:
+        columns = []
+        value_word = _VALUE_WORDS.get(agg.input_type or "")
+        for c in agg.columns:
+            if c.reduce == "count":
+                kinds: tuple[str, ...] = ("n",)
+            elif c.reduce == "sum" and c.input == "hi":
+                kinds = ("h", "l")
+            elif c.reduce == "sum" and c.input == "lo":
+                kinds = ()
+            elif c.reduce == "sum" and c.input == "a2":
+                kinds = ("qh", "ql")
+            elif c.reduce == "sum" and c.input in ("ab", "b2"):
+                kinds = ()
+            elif c.reduce == "sum":
+                kinds = ("s",)
+            elif c.reduce in ("min", "max") and value_word is not None:
+                kinds = ("t", value_word) if c.input == "ts_value" else (value_word,)
+            else:   # a set, or a value of no fixed width
+                kinds, fixed = ("?",), False
+            columns.append(kinds)
+            reduces += [c.reduce] * len(kinds)
+        slots.append(tuple(columns))
+    words = sum(len(k) for slot in slots for k in slot)
+    return TileCodec(tuple(slots), tuple(a.bare for a in aggregations),
+                     fixed and 0 < words <= _MAX_WORDS, tuple(reduces))
 
 
 def encode_watermark(end_us: int) -> bytes:

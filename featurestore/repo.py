@@ -149,7 +149,7 @@ def _reads(cfg: RepoConfig, source) -> str:
 def gc(cfg: RepoConfig, say: Say, dry_run: bool = False) -> int:
     """Remove from Redis the keys no server reads: earlier versions of views
     whose applied version Redis holds, views no longer defined, and older
-    layouts (`fs1:`, `fs2:`). Versions still served while their view's new
+    layouts (`fs1:` to `fs3:`). Versions still served while their view's new
     version is being written are kept. Returns the number of keys removed
     (or, with `dry_run`, that would be)."""
     manifest = load_manifest(cfg)
@@ -181,7 +181,7 @@ def _gc(cfg: RepoConfig, manifest, store, say: Say, dry_run: bool) -> int:
                 say(f"  {name}: kept its previous version: servers read it until the applied "
                     f"version {view.fingerprint} is materialized")
         removed = 0
-        for prefix in {layout.PREFIX, "fs2", "fs1"}:
+        for prefix in {layout.PREFIX, "fs3", "fs2", "fs1"}:
             batch = []
             for key in r.scan_iter(match=f"{prefix}:{cfg.project}:*", count=1000):
                 parts = key.split(b":", 4)
