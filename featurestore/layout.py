@@ -285,13 +285,18 @@ def decode_tile(raw: bytes) -> list:
     return json.loads(raw)
 
 
-def decode_tiles(raw: Mapping[bytes, bytes]) -> tuple[list[int], list[list]]:
+def decode_tiles(raw: Mapping[bytes, bytes],
+                 codec: "TileCodec | None" = None) -> tuple[list[int], list[list]]:
     """All tiles of one hash (as HGETALL returns it), in ascending start order:
-    the starts and the state lists. One JSON parse for the whole hash."""
+    the starts and the state lists. JSON tiles in one parse for the whole
+    hash; binary ones (which need the view's `codec`) one by one."""
     if not raw:
         return [], []
     starts = [int(f) for f in raw]
-    states = json.loads(b"[" + b",".join(raw.values()) + b"]")
+    if codec is not None and any(v[:1] == bytes([BINARY_TAG]) for v in raw.values()):
+        states = [codec.decode(v) for v in raw.values()]
+    else:
+        states = json.loads(b"[" + b",".join(raw.values()) + b"]")
     if len(starts) > 1:
         order = sorted(range(len(starts)), key=starts.__getitem__)
         starts = [starts[i] for i in order]
@@ -396,29 +401,32 @@ class TileCodec:
                 return None
         return words
 
-    def unpack(self, values: Sequence[bytes | None]):
-        """(words, nulls, present) of n tile values, None standing for a
-        tile that is absent: words an (n, words) int64 array (float words
-        hold their float64 bits), nulls a bool array of the same shape,
-        present a bool array of n. None when a value present is not a binary
-        tile of this codec (a JSON tile, or a corrupt one)."""
+    def unpack(self, rows: Sequence[Sequence[bytes | None]]):
+        """(words, nulls, present) of the tile values of `rows` (each a list
+        of values, None standing for an absent tile), in order: words an
+        (n, words) int64 array (float words hold their float64 bits), nulls
+        a bool array of the same shape, present a bool array of n. None when
+        a value present is not a binary tile of this codec (a JSON tile, or
+        a corrupt one)."""
         if not self.fixed:
             return None
-        absent = self._absent
-        blob = b"".join([absent if v is None else v for v in values])
-        if len(blob) != len(values) * self.size:
+        absent = self._absent     # tag 0: an absent tile, no word present
+        blob = b"".join([v or absent for values in rows for v in values])
+        n = sum(map(len, rows))
+        if len(blob) != n * self.size:
             return None
         records = np.frombuffer(blob, self.dtype)
-        if not (records["tag"] == BINARY_TAG).all():
-            return None
-        present = np.fromiter((v is not None for v in values), np.bool_, len(values))
+        present = records["tag"] == BINARY_TAG
+        if int(present.sum()) != n - sum(values.count(None) for values in rows):
+            return None   # a value present whose first byte is not the tag
         shifts = np.arange(len(self.words), dtype=np.uint64)
         nulls = ((records["nulls"][:, None] >> shifts) & np.uint64(1)).astype(np.bool_)
         return records["words"], nulls, present
 
     @functools.cached_property
     def _absent(self) -> bytes:
-        return _pack_one(self.words, (1 << len(self.words)) - 1, [None] * len(self.words))
+        return b"\x00" + _pack_one(self.words, (1 << len(self.words)) - 1,
+                                   [None] * len(self.words))[1:]
 
     def decode(self, raw: bytes) -> list:
         """The states of one tile value, binary or JSON."""

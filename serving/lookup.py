@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -560,6 +561,15 @@ def tile_aggregation(spec: FeatureSpec) -> tiles.Aggregation:
     return tiles.aggregation(spec.function, input_type)
 
 
+@functools.lru_cache(maxsize=1024)
+def view_codec(view: ViewSpec) -> layout.TileCodec:
+    """How the view's tiles are encoded: from the aggregation of each state slot."""
+    owners: dict[int, FeatureSpec] = {}
+    for spec in view.aggregations:
+        owners.setdefault(view.slot(spec), spec)
+    return layout.tile_codec([tile_aggregation(owners[slot]) for slot in range(view.states)])
+
+
 def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, replies, now_us: int,
                          columns: Mapping[str, pb.FeatureVector],
                          invalid: np.ndarray | None, problems: list) -> int:
@@ -575,6 +585,8 @@ def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, replies, now_us:
     has_tiles = np.zeros(len(found), np.bool_)
     if read.fields is None:
         per_entity = _merge_hashes(lookup, replies, states_of, now_us)
+    elif _merge_binary(lookup, replies, states_of, values, latest, has_tiles):
+        per_entity = ()
     else:
         per_entity = _merge_fields(lookup, replies, states_of)
     for i, merged in per_entity:
@@ -598,6 +610,180 @@ def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, replies, now_us:
     for j, f in enumerate(aggs):
         _vector(f, values[:, j], statuses[:, j], latest[:, j].tolist(), columns[f.ref])
     return int(latest.max(initial=0))
+
+
+def _merge_binary(lookup: ViewLookup, replies, states_of, values: np.ndarray,
+                  latest: np.ndarray, has_tiles: np.ndarray) -> bool:
+    """Merge every entity's tiles at once, with numpy, when all of them are
+    binary (`layout.TileCodec`): fill `values` and `latest` (entity x
+    aggregation: the value, and the start of the newest tile its window
+    read; untouched where the window holds no tile) and `has_tiles`.
+    False (nothing filled) when a tile is not binary: the caller then merges
+    entity by entity, and tells which entity's tiles are corrupt."""
+    codec = view_codec(lookup.view)
+    if not codec.fixed or not replies:
+        return False
+    read = lookup.tiles
+    width = len(read.fields)
+    unpacked = codec.unpack(replies)
+    if unpacked is None:
+        return False
+    words, nulls, present = unpacked
+    entities = len(replies)
+    words = words.reshape(entities, width, -1)
+    nulls = nulls.reshape(entities, width, -1)
+    present = present.reshape(entities, width)
+    has_tiles |= present.any(axis=1)
+    starts = np.array([layout.parse_tile_field(f)[1] for f in read.fields], np.int64)
+    offsets = np.cumsum([0] + [sum(map(len, slot)) for slot in codec.slots]).tolist()
+    merged_of: dict[tuple[int, ...], _MergedWords] = {}
+    for j, (f, members) in enumerate(zip(lookup.aggregations, read.members)):
+        if not members:
+            continue
+        merged = merged_of.get(members)
+        if merged is None:
+            merged = merged_of[members] = _MergedWords(codec, words, nulls, list(members))
+            seen = present[:, members]
+            merged.any = seen.any(axis=1)
+            newest = len(members) - 1 - np.argmax(seen[:, ::-1], axis=1)
+            merged.newest = starts[np.asarray(members)[newest]]
+        at = offsets[f.index]
+        column = _finalize(f.spec.function, states_of[j], codec, merged, at)
+        rows = merged.any
+        values[rows, j] = column[rows]
+        latest[rows, j] = merged.newest[rows]
+    return True
+
+
+class _MergedWords:
+    """The words of one window (`members`, indexes of the fields read) merged
+    for every entity, computed word by word as the finalizers ask."""
+
+    def __init__(self, codec: layout.TileCodec, words: np.ndarray, nulls: np.ndarray,
+                 members: list[int]):
+        self.codec, self.members = codec, members
+        self.words, self.nulls = words[:, members, :], nulls[:, members, :]
+        self.any = self.newest = None
+        self._cache: dict[int, tuple] = {}
+
+    def get(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(merged word k per entity, null per entity): sums as exact Python
+        ints (an object array), counts as int64, min/max as their values."""
+        got = self._cache.get(k)
+        if got is not None:
+            return got
+        kind, reduce = self.codec.words[k], self.codec.reduces[k]
+        word, null = self.words[:, :, k], self.nulls[:, :, k]
+        none = null.all(axis=1)
+        if reduce == "count":
+            got = np.where(null, 0, word).sum(axis=1), none
+        elif reduce == "sum":   # exact: 32-bit halves summed apart, joined as Python ints
+            word = np.where(null, 0, word)
+            high = (word >> 32).sum(axis=1).astype(object)
+            low = (word & 0xFFFFFFFF).sum(axis=1).astype(object)
+            got = high * (1 << 32) + low, none
+        elif kind == "t":   # the time of a first (min) or last (max) pair
+            pick = (np.argmin(np.where(null, np.iinfo(np.int64).max, word), axis=1)
+                    if reduce == "min" else
+                    np.argmax(np.where(null, np.iinfo(np.int64).min, word), axis=1))
+            got = pick, none
+        elif kind == "f":
+            word = word.view(np.float64)
+            if reduce == "min":   # NaN is above every number: the least number, else NaN
+                got = np.fmin.reduce(np.where(null, np.nan, word), axis=1), none
+            else:                 # any NaN is the greatest
+                got = np.where(null, -np.inf, word).max(axis=1), none
+        else:   # int64 or bool
+            if reduce == "min":
+                got = np.where(null, np.iinfo(np.int64).max, word).min(axis=1), none
+            else:
+                got = np.where(null, np.iinfo(np.int64).min, word).max(axis=1), none
+        self._cache[k] = got
+        return got
+
+    def pair_value(self, k: int) -> np.ndarray:
+        """The value word (k + 1) of the first or last pair whose time is word k."""
+        pick, _ = self.get(k)
+        word = self.words[:, :, k + 1]
+        chosen = np.take_along_axis(word, pick[:, None], axis=1)[:, 0]
+        return chosen
+
+
+_TWO_62 = 1 << 62
+
+
+def _finalize(function: str, agg: tiles.Aggregation, codec: layout.TileCodec,
+              merged: _MergedWords, at: int) -> np.ndarray:
+    """The values (an object array, None for null) of one aggregation whose
+    state's words start at `at`, from the merged words of its window."""
+    kinds = codec.words[at:at + sum(map(len, codec.slots[_slot_of(codec, at)]))]
+    floating = agg.input_type == "float64"
+    if function == "count":
+        n, _ = merged.get(at)
+        return n.astype(object)
+    if function in ("min", "max"):
+        value, none = merged.get(at)
+        out = value.astype(bool if kinds[0] == "b" else value.dtype).astype(object)
+        out[none] = None
+        return out
+    if function in ("first", "last"):
+        _, none = merged.get(at)
+        value = merged.pair_value(at)
+        if kinds[1] == "f":
+            value = value.view(np.float64)
+        out = value.astype(bool if kinds[1] == "b" else value.dtype).astype(object)
+        out[none] = None
+        return out
+    if function == "sum" and not floating:
+        s, none = merged.get(at)
+        fits = (s >= tiles.INT64_MIN) & (s <= tiles.INT64_MAX)
+        out = np.where(none | ~fits.astype(bool), None, s)
+        return out
+    if function == "sum":   # words h, l, n_out
+        h, none = merged.get(at)
+        low, _ = merged.get(at + 1)
+        out_of_range, _ = merged.get(at + 2)
+        out = np.empty(len(h), object)
+        total = h * _TWO_62 + low
+        out[:] = [math.nan if o else (None if z else t / _TWO_62)
+                  for t, z, o in zip(total.tolist(), none.tolist(), out_of_range.tolist())]
+        return out
+    if function == "avg":
+        n, _ = merged.get(at)
+        out = np.empty(len(n), object)
+        if floating:   # words n, h, l, n_out
+            h, _ = merged.get(at + 1)
+            low, _ = merged.get(at + 2)
+            out_of_range, _ = merged.get(at + 3)
+            total = h * _TWO_62 + low
+            out[:] = [math.nan if o else (t / (c * _TWO_62) if c else None)
+                      for t, c, o in zip(total.tolist(), n.tolist(), out_of_range.tolist())]
+        else:          # words n, s
+            s, _ = merged.get(at + 1)
+            out[:] = [s_ / c if c else None for s_, c in zip(s.tolist(), n.tolist())]
+        return out
+    # variance, stddev: words n, s, qh, ql (, n_out): the exact finalizer per entity
+    n, _ = merged.get(at)
+    s, _ = merged.get(at + 1)
+    qh, _ = merged.get(at + 2)
+    ql, _ = merged.get(at + 3)
+    extra = [merged.get(at + 4)[0].tolist()] if floating else []
+    value = agg.value
+    mask64 = (1 << 64) - 1
+    out = np.empty(len(n), object)
+    out[:] = [value([c, s_, q >> 64, 0, q & mask64, *rest])
+              for c, s_, q, *rest in zip(n.tolist(), s.tolist(),
+                                         (qh * _TWO_62 + ql).tolist(), *extra)]
+    return out
+
+
+def _slot_of(codec: layout.TileCodec, at: int) -> int:
+    offset = 0
+    for slot, columns in enumerate(codec.slots):
+        if offset == at:
+            return slot
+        offset += sum(map(len, columns))
+    raise ValueError(f"no state starts at word {at}")
 
 
 def _merge_fields(lookup: ViewLookup, replies, states_of):
@@ -632,11 +818,24 @@ DECODE_CHUNK = 64   # entities per JSON parse: a parse holds the GIL throughout
 
 
 def _decode_fields(lookup: ViewLookup, replies, entities: list[int]):
-    """Each entity's tiles, decoded: one JSON document per chunk of entities
-    (one parse, in C, for thousands of tiles, short enough that the event
-    loop's thread gets the GIL between chunks)."""
+    """Each entity's tiles, decoded: binary tiles by the view's codec, JSON
+    ones with one JSON document per chunk of entities (one parse, in C, for
+    thousands of tiles, short enough that the event loop's thread gets the
+    GIL between chunks)."""
+    codec = view_codec(lookup.view)
+    binary = layout.BINARY_TAG
     for at in range(0, len(entities), DECODE_CHUNK):
         chunk = entities[at:at + DECODE_CHUNK]
+        if any(v and v[0] == binary for i in chunk for v in replies[i]):
+            for i in chunk:
+                try:
+                    yield [None if v is None else codec.decode(v) for v in replies[i]]
+                except (ValueError, TypeError) as e:
+                    yield CorruptState(lookup.view.name,
+                                       f"the tiles of view {lookup.view.name!r} for entity "
+                                       f"{lookup.entity_keys[i]!r} are not tiles of layout "
+                                       f"v{layout.LAYOUT_VERSION}: {e}")
+            continue
         text = b"[" + b",".join(b"[" + b",".join([v or b"null" for v in replies[i]]) + b"]"
                                 for i in chunk) + b"]"
         try:
@@ -697,11 +896,16 @@ def _decode_tiles(lookup: ViewLookup, i: int,
     """Every tile of entity `i`, in ascending start order (one JSON parse)."""
     width = lookup.view.states
     try:
-        starts, states = layout.decode_tiles(raw)
-    except ValueError as e:
+        starts, states = layout.decode_tiles(raw, view_codec(lookup.view))
+    except json.JSONDecodeError as e:
         raise CorruptState(lookup.view.name,
                            f"the tiles of view {lookup.view.name!r} for entity "
                            f"{lookup.entity_keys[i]!r} are not valid JSON: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise CorruptState(lookup.view.name,
+                           f"the tiles of view {lookup.view.name!r} for entity "
+                           f"{lookup.entity_keys[i]!r} are not tiles of layout "
+                           f"v{layout.LAYOUT_VERSION}: {e}") from None
     if not (set(map(type, states)) <= {list} and set(map(len, states)) <= {width}):
         start, state = next((t, s) for t, s in zip(starts, states)
                             if not isinstance(s, list) or len(s) != width)
