@@ -494,23 +494,213 @@ class TileCodec:
         """The values of many tiles from their state columns (one list per
         state column of every slot, in order, as `encode` reads them): binary
         where the tile's words fit, else JSON. The streaming writers encode a
-        batch this way."""
+        batch this way: the words of all tiles are worked out column by
+        column with numpy (Python ints only for the (H, L) and (A, B, C)
+        parts beyond 64 bits) and packed at once; a tile that holds anything
+        else (a word beyond int64, a value of an odd type) is encoded alone,
+        by `encode`."""
         n = len(columns[0]) if columns else 0
         shapes = [None if bare else len(slot) for slot, bare in zip(self.slots, self.bare)]
         if not self.fixed:
             return encode_tiles(shapes, columns, ["any"] * len(columns))
-        per_tile = []
-        for r in range(n):
-            at, states = 0, []
-            for shape in shapes:
-                if shape is None:
-                    states.append(columns[at][r])
-                    at += 1
+        width = sum(len(slot) for slot in self.slots)
+        if len(columns) != width:
+            raise ValueError(f"{len(columns)} state columns where {width} belong")
+        if n == 0:
+            return []
+        words: list[np.ndarray] = []
+        nulls: list[np.ndarray | None] = []
+        alone = np.zeros(n, np.bool_)    # the tiles `encode` encodes one by one
+        seen: dict[tuple, tuple] = {}    # a column that states share is read once
+
+        def read(column, convert):
+            got = seen.get((id(column), convert))
+            if got is None:
+                got = seen[(id(column), convert)] = convert(column)
+            return got
+
+        at = 0
+        for slot in self.slots:
+            mine, at = columns[at:at + len(slot)], at + len(slot)
+            skip = 0
+            for c, kinds in enumerate(slot):
+                if skip:
+                    skip -= 1
+                    continue
+                first = kinds[0] if kinds else None
+                if first == "h":
+                    hi, lo, null, odd = _sum_words(read(mine[c], _int_words),
+                                                   read(mine[c + 1], _low62_limbs))
+                    words += [hi, lo]
+                    nulls += [null, null]
+                    skip = 1
+                elif first == "qh":
+                    hi, lo, null, odd = _square_words(read(mine[c], _int_words),
+                                                      read(mine[c + 1], _low29_limbs),
+                                                      read(mine[c + 2], _low62_limbs))
+                    words += [hi, lo]
+                    nulls += [null, null]
+                    skip = 2
+                elif first == "t":
+                    times, values = _pair_columns(mine[c])
+                    word, null, odd = _int_words(times)
+                    value, value_null, value_odd = (_float_words if kinds[1] == "f"
+                                                    else _int_words)(values)
+                    words += [word, value]
+                    nulls += [null, value_null]
+                    odd = _either(odd, value_odd)
+                elif first == "n":
+                    word, _, odd = read(mine[c], _count_words)
+                    words.append(word)
+                    nulls.append(None)
                 else:
-                    states.append([columns[at + c][r] for c in range(shape)])
-                    at += shape
-            per_tile.append(states)
-        return [self.encode(states) for states in per_tile]
+                    word, null, odd = read(mine[c], _float_words if first == "f" else _int_words)
+                    words.append(word)
+                    nulls.append(null)
+                if odd is not None:
+                    alone |= odd
+        out = self.pack(words, nulls)
+        for r in np.flatnonzero(alone).tolist():
+            out[r] = self.encode(_row_states(shapes, columns, r))
+        return out
+
+
+# Columns of encode_columns: each helper returns int64 (float64 for "f")
+# arrays of the column's words, a bool array of its nulls (None: none), and
+# a bool array of the rows whose value it cannot put in a word as `encode`
+# would (None: none), which are then encoded alone.
+_INTS = frozenset((int, bool))
+
+
+def _either(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    return b if a is None else a if b is None else a | b
+
+
+def _null_mask(values: Sequence, zero: object = 0) -> tuple[Sequence, np.ndarray | None]:
+    """The values with None as `zero`, and where they were None."""
+    if None not in values:
+        return values, None
+    null = np.array([v is None for v in values], np.bool_)
+    return [zero if v is None else v for v in values], null
+
+
+def _int_words(values: Sequence) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    values, null = _null_mask(values)
+    if set(map(type, values)) <= _INTS:
+        try:
+            return np.array(values, np.int64), null, None
+        except OverflowError:
+            pass
+    fits = [type(v) in _INTS and _I64[0] <= v <= _I64[1] for v in values]
+    words = np.array([v if ok else 0 for v, ok in zip(values, fits)], np.int64)
+    return words, null, ~np.array(fits, np.bool_)
+
+
+def _count_words(values: Sequence) -> tuple[np.ndarray, None, np.ndarray | None]:
+    """A count's word: a null count is 0 (`encode` writes `value or 0`)."""
+    word, _, odd = _int_words(values)
+    return word, None, odd
+
+
+def _float_words(values: Sequence) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    values, null = _null_mask(values, 0.0)
+    if set(map(type, values)) <= {float}:
+        return np.array(values, np.float64), null, None
+    words, odd = [], []
+    for v in values:
+        try:
+            words.append(float(v) if type(v) in (float, int, bool) else None)
+        except OverflowError:
+            words.append(None)
+        odd.append(words[-1] is None)
+    return (np.array([0.0 if w is None else w for w in words], np.float64), null,
+            np.array(odd, np.bool_))
+
+
+def _limbs(values: Sequence, shift: int):
+    """(values >> shift, values & (2**shift - 1)) as int64 arrays (None as
+    0), where they were None, and the rows whose high part is beyond int64
+    or whose value is not an int."""
+    values, null = _null_mask(values)
+    mask = (1 << shift) - 1
+    if set(map(type, values)) <= _INTS:
+        try:
+            whole = np.array(values, np.int64)
+            return whole >> shift, whole & mask, null, None
+        except OverflowError:
+            pass
+    ints = [v if type(v) in _INTS else 0 for v in values]
+    high, _, odd = _int_words([v >> shift for v in ints])
+    low = np.array([v & mask for v in ints], np.int64)
+    kinds = np.array([type(v) in _INTS for v in values], np.bool_)
+    return high, low, null, _either(odd, None if kinds.all() else ~kinds)
+
+
+def _low62_limbs(values: Sequence):
+    return _limbs(values, _BASE)
+
+
+def _low29_limbs(values: Sequence):
+    return _limbs(values, 29)    # B * 2**33 = (B >> 29) * 2**62 + (B & (2**29 - 1)) * 2**33
+
+
+def _sum_words(h, l_limbs):
+    """The words (T >> 62, T & (2**62 - 1)) of T = H * 2**62 + L, from H's
+    `_int_words` and L's 62-bit `_limbs` (a null L counts as 0; a null H
+    makes both words null)."""
+    h, null, h_odd = h
+    l_high, l_low, _, l_odd = l_limbs
+    hi = h + l_high
+    over = ((h ^ hi) & (l_high ^ hi)) < 0   # the sum wrapped: beyond int64
+    odd = _either(h_odd, l_odd)
+    if over.any():
+        odd = _either(odd, over)
+    return hi, l_low, null, odd
+
+
+def _square_words(a, b_limbs, c_limbs):
+    """The words of Q = A * 2**64 + B * 2**33 + C, from A's `_int_words`,
+    B's 29-bit and C's 62-bit `_limbs`: B * 2**33 = (B >> 29) * 2**62 +
+    (B & (2**29 - 1)) * 2**33, so that Q = (4A + (B >> 29) + (C >> 62)) *
+    2**62 + (B & (2**29 - 1)) * 2**33 + (C & (2**62 - 1)), the last two
+    below 2**63. Rows where that high word could pass int64, and rows with
+    A but no B or C (which `encode` refuses), are encoded alone."""
+    a, null, a_odd = a
+    b_high, b_low, b_null, b_odd = b_limbs
+    c_high, c_low, c_null, c_odd = c_limbs
+    rest = (b_low << 33) + c_low
+    hi = a * 4 + b_high + c_high + (rest >> _BASE)
+    safe = ((a > -(1 << 59)) & (a < 1 << 59) & (b_high > -(1 << 60)) & (b_high < 1 << 60)
+            & (c_high > -(1 << 60)) & (c_high < 1 << 60))
+    odd = _either(_either(a_odd, b_odd), c_odd)
+    if not safe.all():
+        odd = _either(odd, ~safe)
+    missing = _either(b_null, c_null)
+    if missing is not None:
+        odd = _either(odd, missing if null is None else missing & ~null)
+    return hi, rest & _MASK, null, odd
+
+
+def _pair_columns(pairs: Sequence) -> tuple[list, list]:
+    """The times and the values of a column of (time, value) pairs or None."""
+    if None in pairs:
+        return ([None if p is None else p[0] for p in pairs],
+                [None if p is None else p[1] for p in pairs])
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _row_states(shapes: Sequence[int | None], columns: Sequence[Sequence[object]],
+                r: int) -> list:
+    """The states of tile r from the state columns."""
+    at, states = 0, []
+    for shape in shapes:
+        if shape is None:
+            states.append(columns[at][r])
+            at += 1
+        else:
+            states.append([columns[at + c][r] for c in range(shape)])
+            at += shape
+    return states
 
 
 def _split(total: int | None) -> list:

@@ -155,3 +155,147 @@ def test_encode_tiles_writes_the_bytes_of_encode_tile():
                  top[r], sets[r], pairs[r], flags[r]]
         assert got[r] == layout.encode_tile(state)
     assert layout.encode_tiles([None], [[]], ["int"]) == []
+
+
+def _random_column(rng: random.Random, column, input_type: str | None, rows: int) -> list:
+    """Values of one state column (tiles.StateColumn) for random tiles:
+    nulls, edges of int64 and of the 62-bit words, values beyond 64 bits
+    (those tiles are JSON), NaN, -0.0, infinities, bools, pairs."""
+    edges = [0, 1, -1, 2 ** 62 - 1, 2 ** 62, -(2 ** 62), 2 ** 63 - 1, -(2 ** 63), 2 ** 61 + 5,
+             -(2 ** 59) - 3, 2 ** 59 - 1, 2 ** 60, 3 * 2 ** 62]
+    big = [2 ** 63, -(2 ** 63) - 1, 2 ** 64 + 3, -(2 ** 90), 10 ** 30, 2 ** 125]
+    floats = [0.0, -0.0, 1.5, -2.25e-300, 1e16, 5e-324, math.inf, -math.inf, math.nan,
+              -math.nan, 0.1, 255.17, -1e22, 1.7976931348623157e308]
+
+    def integer() -> int:
+        pick = rng.random()
+        if pick < 0.5:
+            return rng.randrange(-10 ** 6, 10 ** 6)
+        if pick < 0.75:
+            return rng.choice(edges) + rng.randrange(-2, 3)
+        if pick < 0.9:
+            return rng.randrange(-(2 ** 63), 2 ** 63)
+        return rng.choice(big) + rng.randrange(-2, 3)
+
+    def value():
+        if input_type in ("float64", "bool", "string"):
+            return _random_value(rng, input_type)
+        return integer()
+
+    def one():
+        if rng.random() < 0.15:
+            return None
+        if column.reduce == "count":
+            return rng.randrange(10 ** 6) if rng.random() < 0.9 else integer()
+        if column.reduce == "set":
+            return sorted({value() for _ in range(rng.randrange(3))}, key=lambda v: (v != v, v))
+        if column.input == "ts_value":
+            return [integer() if rng.random() < 0.1 else rng.randrange(10 ** 15), value()]
+        if column.reduce in ("min", "max"):
+            return value()
+        return integer()
+    return [one() for _ in range(rows)]
+
+
+def _random_value(rng: random.Random, input_type: str | None):
+    """An argument of `input_type`."""
+    if input_type == "float64":
+        return (rng.choice([0.0, -0.0, 1.5, -2.25e-300, 5e-324, math.inf, -math.inf, math.nan,
+                            0.1, 255.17, -1e22, 3e9, -2.0 ** 62])
+                if rng.random() < 0.5 else rng.uniform(-1e9, 1e9))
+    if input_type == "bool":
+        return rng.random() < 0.5
+    if input_type == "string":
+        return rng.choice(["", "a", "é\"\\\n\0"])
+    return rng.choice([rng.randrange(-(2 ** 63), 2 ** 63), rng.randrange(-100, 100)])
+
+
+def _consistent(agg, states: list) -> list:
+    """States with a variance's (A, B, C) all null or all present (`encode`
+    refuses A without B or C)."""
+    names = [c.name for c in agg.columns]
+    if "a2" not in names:
+        return states
+    a, b, c = (names.index(n) for n in ("a2", "ab", "b2"))
+    for state in states:
+        if state[a] is None or state[b] is None or state[c] is None:
+            state[a] = state[b] = state[c] = None
+    return states
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_encode_columns_writes_the_bytes_of_encode(seed):
+    """The streaming writers' column-wise encoder against `TileCodec.encode`
+    of each tile: every aggregation with random states (nulls, NaN, -0.0,
+    int64 edges, ints beyond 64 bits, bools, pairs), states computed from
+    rows, and a column that two slots share."""
+    from featurestore import tiles
+
+    rng = random.Random(seed)
+    every = [tiles.aggregation(f, t) for f in tiles.FUNCTIONS
+             for t in (None, "int64", "float64", "bool", "timestamp", "string")
+             if _has_state(f, t)]
+    fixed = [a for a in every if layout.tile_codec([a]).fixed]
+    views = [[a] for a in every] + [rng.sample(fixed, 4) for _ in range(6)] + [
+        rng.sample(every, 3) for _ in range(3)]
+    for aggregations in views:
+        codec = layout.tile_codec(aggregations)
+        rows = 300
+        states = [[] for _ in range(rows)]
+        for agg in aggregations:
+            columns = [_random_column(rng, c, agg.input_type, rows) for c in agg.columns]
+            per_row = _consistent(agg, [list(r) for r in zip(*columns)])
+            for r in range(rows):
+                if r % 5 == 0:   # also states of rows
+                    data = [(rng.randrange(10 ** 12), _random_value(rng, agg.input_type))
+                            for _ in range(rng.randrange(4))]
+                    state = agg.state_of(data)
+                    per_row[r] = [state] if agg.bare else state
+                states[r].append(per_row[r][0] if agg.bare else per_row[r])
+        columns = [[(s[j] if agg.bare else s[j][c]) for s in states]
+                   for j, agg in enumerate(aggregations) for c in range(len(agg.columns))]
+        got = codec.encode_columns(columns)
+        assert len(got) == rows
+        for r in range(rows):
+            assert got[r] == codec.encode(states[r]), (aggregations, states[r])
+        if codec.fixed:
+            assert any(g[0] == layout.BINARY_TAG for g in got)
+        for r in range(0, rows, 5):   # the states of rows read back as their values
+            decoded = codec.decode(got[r])
+            for agg, state, back in zip(aggregations, states[r], decoded):
+                assert _same_value(agg.value(back), agg.value(state))
+
+
+def _has_state(function: str, input_type: str | None) -> bool:
+    from featurestore import tiles
+    try:
+        tiles.aggregation(function, input_type)
+    except ValueError:
+        return False
+    return (input_type is None) == (function == "count") or input_type is not None
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return struct.pack("<d", a) == struct.pack("<d", b) or (a != a and b != b)
+    return a == b and type(a) is type(b)
+
+
+def test_encode_columns_shares_columns_and_refuses_what_encode_refuses():
+    from featurestore import tiles
+
+    count, var = tiles.aggregation("count", None), tiles.aggregation("variance", "float64")
+    codec = layout.tile_codec([count, count, var])
+    n = [1, None, 2 ** 70, 5]
+    var_columns = [[2, 3, 4, None], [7, -2, 2 ** 80, None], [2 ** 61, 3, 1, None],
+                   [-(2 ** 40), 5, 2 ** 64, None], [2 ** 64 + 1, 0, 2 ** 66, None], [0, 1, 0, None]]
+    got = codec.encode_columns([n, n, *var_columns])
+    for r in range(4):
+        assert got[r] == codec.encode([n[r], n[r], [c[r] for c in var_columns]])
+    assert [g[0] for g in got] == [layout.BINARY_TAG, layout.BINARY_TAG, ord("["),
+                                   layout.BINARY_TAG]
+    assert codec.encode_columns([[], [], *([[]] * 6)]) == []
+    with pytest.raises(ValueError):
+        codec.encode_columns([n, *var_columns])
+    with pytest.raises(TypeError):   # A without B, as `encode` refuses it
+        codec.encode_columns([[1], [1], [2], [0], [1], [None], [3], [0]])
