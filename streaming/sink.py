@@ -215,8 +215,10 @@ class RedisSink:
         self._state_columns = [((c.decoder, *(at[f.name] for f in c.fields)),
                                 decoded_kind(c.decoder, c.fields))
                                for s in view.states for c in s.columns]
-        self._shapes = [None if tiles.aggregation(s.function, s.input_type).bare
-                        else len(s.columns) for s in view.states]
+        aggregations = [tiles.aggregation(s.function, s.input_type) for s in view.states]
+        self._shapes = [None if a.bare else len(s.columns)
+                        for a, s in zip(aggregations, view.states)]
+        self._codec = layout.tile_codec(aggregations)
         self.stats = WriteStats()
         # updates held until their newest event is due: entry -> (release µs, stored value)
         self._deferred_key = layout.deferred_key(project, view.name, view.fingerprint)
@@ -453,9 +455,10 @@ class RedisSink:
                 for size, start in zip(sizes, starts)]
 
     def _encoded_states(self, values: list[list]) -> list[bytes]:
-        """Each tile's encoded state list, from the state fields' columns:
-        decoded column by column (a column that aggregations share, once),
-        then spelled by featurestore.layout."""
+        """Each tile's value, from the state fields' columns: decoded column
+        by column (a column that aggregations share, once), then encoded by
+        the view's `layout.TileCodec` (binary words), or spelled as JSON by
+        `layout.encode_tiles` for a view whose tiles are JSON."""
         decoded: dict[tuple, list] = {}
         columns, kinds = [], []
         for c, kind in self._state_columns:
@@ -463,6 +466,8 @@ class RedisSink:
                 decoded[c] = DECODERS[c[0]]([values[i] for i in c[1:]])
             columns.append(decoded[c])
             kinds.append(kind)
+        if self._codec.fixed:
+            return self._codec.encode_columns(columns)
         return layout.encode_tiles(self._shapes, columns, kinds)
 
     def _latest(self, values: list[list]) -> list[tuple]:

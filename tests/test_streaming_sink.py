@@ -69,6 +69,15 @@ def _sink(store, part: str, out: sink.ViewOutput = OUT) -> sink.RedisSink:
     return sink.RedisSink("t", out, part, store, clock=lambda: NOW)
 
 
+def _codec(out: sink.ViewOutput = OUT) -> layout.TileCodec:
+    return layout.tile_codec([tiles.aggregation(s.function, s.input_type) for s in out.states])
+
+
+def _decode(raw: bytes, out: sink.ViewOutput = OUT) -> list:
+    """The states of a tile value, binary or JSON, by the view's codec."""
+    return _codec(out).decode(raw)
+
+
 def test_tiles_are_written_as_featurestore_tiles_states(store):
     writer = _sink(store.target, sink.TILES)
     row = _tile_row("u|1", CURRENT, count=3, amounts=[1.5, 2.25], nan=True,
@@ -76,7 +85,7 @@ def test_tiles_are_written_as_featurestore_tiles_states(store):
     assert writer.write(_columns(sink.TILES, [row])) == 2          # HSET and PEXPIREAT
     r = store.client
     key = layout.tiles_key("t", "spend", VIEW.fingerprint(), layout.encode_entity_key(["u|1"]))
-    states = layout.decode_tile(r.hget(key, layout.tile_field(CURRENT)))
+    states = _decode(r.hget(key, layout.tile_field(CURRENT)))
     lo = int(0.5 * 2 ** 62) + int(0.25 * 2 ** 62)
     assert states[:2] == [3, [3, lo, 0]]
     assert math.isnan(states[2])                        # a NaN was seen: above every number
@@ -92,7 +101,7 @@ def test_the_last_update_of_a_tile_in_a_batch_wins(redis_url):
     assert writer.write(_columns(sink.TILES, rows)) == 2
     assert writer.stats.superseded == 1
     key = layout.tiles_key("t", "spend", VIEW.fingerprint(), "u")
-    assert layout.decode_tile(redis.Redis.from_url(redis_url).hget(key, str(CURRENT)))[0] == 2
+    assert _decode(redis.Redis.from_url(redis_url).hget(key, str(CURRENT)))[0] == 2
     # the same expiry again is not sent again
     assert writer.write(_columns(sink.TILES, rows[:1])) == 1
 
@@ -137,7 +146,7 @@ def test_rollups_hold_the_merged_states_of_their_tiles(redis_url):
     assert writer.write(_columns(sink.TILES, rows, ROLLUP_OUT)) == 2   # HSET and PEXPIREAT
     assert writer.stats.superseded == 0   # a tile and a rollup may start together
     key = layout.tiles_key("t", "spend", ROLLUP_VIEW.fingerprint(), "u")
-    got = {layout.parse_tile_field(f): layout.decode_tile(v)
+    got = {layout.parse_tile_field(f): _decode(v, ROLLUP_OUT)
            for f, v in redis.Redis.from_url(redis_url).hgetall(key).items()}
     fine = {start: states for (size, start), states in got.items() if size is None}
     rollups = {at: states for at, states in got.items() if at[0] is not None}
@@ -164,6 +173,81 @@ def test_rollups_that_start_out_of_reach_are_not_written(redis_url):
     assert writer.stats.expired == 1
     key = layout.tiles_key("t", "spend", ROLLUP_VIEW.fingerprint(), "u")
     assert list(redis.Redis.from_url(redis_url).hkeys(key)) == [layout.tile_field(CURRENT)]
+
+
+# A view whose every state is a fixed-width number: its tiles are binary
+FIXED_VIEW = dataclasses.replace(VIEW, aggregations=(
+    Aggregation("count", "count", None, None, HOUR, "int64"),
+    Aggregation("total", "sum", AMOUNT, None, HOUR, "float64"),
+    Aggregation("top", "max", AMOUNT, None, HOUR, "float64"),
+    Aggregation("low", "min", AMOUNT, None, HOUR, "float64"),
+    Aggregation("first_n", "first", N, None, HOUR, "int64"),
+    Aggregation("spread", "variance", AMOUNT, None, HOUR, "float64"),
+    Aggregation("mean_n", "avg", N, None, HOUR, "float64"),
+    Aggregation("sum_n", "sum", N, None, HOUR, "int64")))
+FIXED_OUT = flink_sql.view_output(FIXED_VIEW)
+
+
+def _fixed_row(user: str, tile: int, events: list[tuple[int, float, int]]) -> tuple:
+    """The fields Flink sends for one tile of FIXED_VIEW of (ts, amount, n)
+    events, and the tile's states (featurestore.tiles)."""
+    row, states = {"k0": user, "tile": tile, "newest": max(e[0] for e in events)}, []
+    for s in FIXED_OUT.states:
+        agg = tiles.aggregation(s.function, s.input_type)
+        x = {None: lambda e: None, "float64": lambda e: e[1], "int64": lambda e: e[2]}
+        state = agg.state_of([(e[0], x[agg.input_type](e)) for e in events])
+        states.append(state)
+        for column, value in zip(s.columns, [state] if agg.bare else state):
+            names = [f.name for f in column.fields]
+            if column.decoder == "halves":
+                row.update(zip(names, _halves(value)))
+            elif column.decoder in ("max_float", "min_float"):
+                nan = value is not None and math.isnan(value)
+                row.update(zip(names, (None if nan else value, int(nan))))
+            elif column.decoder == "pair_int":
+                row[names[0]] = None if value is None else (
+                    f"{value[0] + OFFSET_62:019d}{value[1] + OFFSET_63:020d}")
+            else:
+                row[names[0]] = value
+    return row, states
+
+
+def test_tiles_of_a_view_of_numbers_are_the_codecs_binary_words(store):
+    """Each tile value is `TileCodec.encode` of its states, byte for byte:
+    binary, or JSON for a tile whose words pass 64 bits (here an int sum
+    beyond int64); a held update is released with the same bytes."""
+    codec = _codec(FIXED_OUT)
+    assert codec.fixed
+    clock = Clock(NOW)
+    writer = sink.RedisSink("t", FIXED_OUT, sink.TILES, store.target, clock=clock)
+    t = CURRENT - 3 * TILE
+    batches = [
+        [(t + 1, 1.5, 3), (t + 2, 2.25, -4), (t + 3, -0.0, 7)],
+        [(t + TILE, math.nan, 2 ** 62), (t + TILE + 1, 1e-300, 2 ** 62), (t + TILE, 3.0, 2 ** 62)],
+        [(t + 2 * TILE, -(2.0 ** 62), -(2 ** 63)), (t + 2 * TILE + 9, 2.0 ** 40 + 0.75, 5)],
+        [(CURRENT + 4, math.inf, 0), (CURRENT + 5, 123456.789, -1), (CURRENT + 6, -2e6, 1)],
+    ]
+    starts = [e[0][0] - e[0][0] % TILE for e in batches]
+    rows, states = zip(*[_fixed_row("u", start, e) for start, e in zip(starts, batches)])
+    assert writer.write(_columns(sink.TILES, rows, FIXED_OUT)) == 2
+    r = store.client
+    key = layout.tiles_key("t", "spend", FIXED_VIEW.fingerprint(), "u")
+    got = {layout.parse_tile_field(f)[1]: v for f, v in r.hgetall(key).items()}
+    assert got == {start: codec.encode(s) for start, s in zip(starts, states)}
+    assert [got[start][0] for start in starts] == [layout.BINARY_TAG, ord("["),
+                                                   layout.BINARY_TAG, layout.BINARY_TAG]
+    aggregations = [tiles.aggregation(s.function, s.input_type) for s in FIXED_OUT.states]
+    for start, want in zip(starts, states):   # and they read back as the same values
+        for agg, a, b in zip(aggregations, codec.decode(got[start]), want):
+            assert repr(agg.value(a)) == repr(agg.value(b))
+
+    held, held_states = _fixed_row("u", CURRENT, [*batches[3], (NOW + 30 * US, 7.5, 8)])
+    writer.write(_columns(sink.TILES, [held], FIXED_OUT))
+    assert r.hget(key, layout.tile_field(CURRENT)) == got[CURRENT]   # not yet
+    clock.now = NOW + 30 * US
+    assert writer.release_due() == 1
+    assert r.hget(key, layout.tile_field(CURRENT)) == codec.encode(held_states)
+    writer.close()
 
 
 def _latest_text(ts: int, values: list, kinds: tuple = ("float", "string", "int")) -> str:
@@ -255,14 +339,14 @@ def test_updates_holding_an_event_after_the_clock_wait_until_it_is_due(store):
                            first=(NOW - 5, "a"), ns=[1]), newest=NOW + 30 * US)
     tiles_out.write(_columns(sink.TILES, [ahead]))
     rows_out.write([["u"], [_latest_text(NOW + 30 * US, [9.0, "z", 2])]])
-    assert layout.decode_tile(r.hget(key, layout.tile_field(CURRENT)))[0] == 1   # not yet
+    assert _decode(r.hget(key, layout.tile_field(CURRENT)))[0] == 1   # not yet
     assert layout.decode_row(r.get(row_key))[0] == NOW - 5
     assert tiles_out.stats.deferred == rows_out.stats.deferred == 1
     assert r.hlen(layout.deferred_key("t", "spend", VIEW.fingerprint())) == 2
 
     clock.now = NOW + 30 * US                      # due: the timer (or a write) writes them
     deadline = time.monotonic() + 5
-    while layout.decode_tile(r.hget(key, layout.tile_field(CURRENT)))[0] != 2:
+    while _decode(r.hget(key, layout.tile_field(CURRENT)))[0] != 2:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     while layout.decode_row(r.get(row_key))[0] != NOW + 30 * US:
@@ -281,7 +365,7 @@ def test_updates_holding_an_event_after_the_clock_wait_until_it_is_due(store):
     tiles_out.write(_columns(sink.TILES, [current]))
     clock.now = NOW + 3 * MIN
     assert tiles_out.release_due() == 0
-    assert layout.decode_tile(r.hget(key, layout.tile_field(CURRENT)))[0] == 3
+    assert _decode(r.hget(key, layout.tile_field(CURRENT)))[0] == 3
     tiles_out.close()
     rows_out.close()
 
@@ -321,9 +405,9 @@ def test_after_a_restart_no_subtask_writes_a_held_update_over_a_newer_one(store)
     clock.now = NOW + MIN
     newer = dict(ahead, __sr_count_row=4, newest=NOW + MIN)
     owner.write(_columns(sink.TILES, [newer]))
-    assert layout.decode_tile(r.hget(key, layout.tile_field(CURRENT)))[0] == 4
+    assert _decode(r.hget(key, layout.tile_field(CURRENT)))[0] == 4
     assert other.release_due() == 0
-    assert layout.decode_tile(r.hget(key, layout.tile_field(CURRENT)))[0] == 4
+    assert _decode(r.hget(key, layout.tile_field(CURRENT)))[0] == 4
     assert r.hlen(layout.held_key(key)) == 0
     assert r.hlen(layout.deferred_key("t", "spend", VIEW.fingerprint())) == 0
     owner.close()
