@@ -419,9 +419,9 @@ class TileCodec:
         present = records["tag"] == BINARY_TAG
         if int(present.sum()) != n - sum(values.count(None) for values in rows):
             return None   # a value present whose first byte is not the tag
-        shifts = np.arange(len(self.words), dtype=np.uint64)
-        nulls = ((records["nulls"][:, None] >> shifts) & np.uint64(1)).astype(np.bool_)
-        return records["words"], nulls, present
+        masks = np.ascontiguousarray(records["nulls"]).view(np.uint8).reshape(-1, 8)
+        nulls = np.unpackbits(masks, axis=1, count=len(self.words), bitorder="little")
+        return records["words"], nulls.view(np.bool_), present
 
     @functools.cached_property
     def _absent(self) -> bytes:

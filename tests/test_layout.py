@@ -13,9 +13,16 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from featurestore import layout
+from featurestore import layout, tiles
 
 GOLDEN = Path(__file__).parent / "golden" / f"layout_v{layout.LAYOUT_VERSION}.json"
+
+
+# a view with a state of every width: count, sum(float64), avg(int64),
+# min(float64), last(bool), variance(float64), max(timestamp)
+_BINARY = layout.tile_codec([tiles.aggregation(f, t) for f, t in (
+    ("count", None), ("sum", "float64"), ("avg", "int64"), ("min", "float64"),
+    ("last", "bool"), ("variance", "float64"), ("max", "timestamp"))])
 
 
 def _vectors() -> dict[str, str]:
@@ -33,6 +40,13 @@ def _vectors() -> dict[str, str]:
         "tile value": layout.encode_tile(
             [3, [12, 3458764513820540928, 0], [2, 12, 3458764513820540928, 0], 7.5,
              [1767225600000000, "x"], ["a", "ü"], None, [4, 10, 0, 0, 30, 0]]).decode(),
+        "tile value, binary (hex)": _BINARY.encode(
+            [3, [12, 3458764513820540928, 0], [2, 17], -0.5, [1767225600000000, True],
+             [4, 10, 0, 0, 30, 0], 1767225600000000]).hex(),
+        "tile value, binary, nulls (hex)": _BINARY.encode(
+            [1, [None, None, 1], [0, None], None, None, [1, 3, 0, 0, 9, 0], None]).hex(),
+        "tile value, binary view beyond 64 bits": _BINARY.encode(
+            [1, [2 ** 70, 0, 0], [1, 5], 1.0, None, [1, 3, 0, 0, 9, 0], 0]).decode(),
         "watermark key": layout.watermark_key("shop", "user_spend", "0a1b2c3d").decode(),
         "watermark value": layout.encode_watermark(1767225600000000).decode(),
         "live key": layout.live_key("shop", "user_spend", "0a1b2c3d").decode(),
