@@ -585,10 +585,9 @@ def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, replies, now_us:
     has_tiles = np.zeros(len(found), np.bool_)
     if read.fields is None:
         per_entity = _merge_hashes(lookup, replies, states_of, now_us)
-    elif _merge_binary(lookup, replies, states_of, values, latest, has_tiles):
-        per_entity = ()
     else:
-        per_entity = _merge_fields(lookup, replies, states_of)
+        rest = _merge_binary(lookup, replies, states_of, values, latest, has_tiles)
+        per_entity = _merge_fields(lookup, replies, states_of, rest)
     for i, merged in per_entity:
         if isinstance(merged, CorruptState):
             problems.append(merged)
@@ -613,23 +612,40 @@ def _aggregation_columns(lookup: ViewLookup, found: np.ndarray, replies, now_us:
 
 
 def _merge_binary(lookup: ViewLookup, replies, states_of, values: np.ndarray,
-                  latest: np.ndarray, has_tiles: np.ndarray) -> bool:
-    """Merge every entity's tiles at once, with numpy, when all of them are
-    binary (`layout.TileCodec`): fill `values` and `latest` (entity x
-    aggregation: the value, and the start of the newest tile its window
-    read; untouched where the window holds no tile) and `has_tiles`.
-    False (nothing filled) when a tile is not binary: the caller then merges
-    entity by entity, and tells which entity's tiles are corrupt."""
+                  latest: np.ndarray, has_tiles: np.ndarray) -> list[int]:
+    """Merge the tiles of every entity whose tiles are all binary
+    (`layout.TileCodec`) at once, with numpy: fill their `values` and
+    `latest` (entity x aggregation: the value, and the start of the newest
+    tile its window read; untouched where the window holds no tile) and
+    `has_tiles`. Returns the entities left to merge one by one: those with a
+    JSON tile (or a corrupt one, which that path names)."""
     codec = view_codec(lookup.view)
-    if not codec.fixed or not replies:
-        return False
-    read = lookup.tiles
-    width = len(read.fields)
+    if not codec.fixed:
+        return list(range(len(replies)))
     unpacked = codec.unpack(replies)
     if unpacked is None:
-        return False
+        size, tag = codec.size, layout.BINARY_TAG
+        rest = [i for i, fields in enumerate(replies)
+                if any(v is not None and (len(v) != size or v[0] != tag) for v in fields)]
+        done = sorted(set(range(len(replies))) - set(rest))
+        if done:
+            merged = np.zeros(len(done), np.bool_)
+            part = (values[done], latest[done])
+            _merge_words(lookup, codec, codec.unpack([replies[i] for i in done]), states_of,
+                         *part, merged)
+            values[done], latest[done] = part
+            has_tiles[done] = merged
+        return rest
+    _merge_words(lookup, codec, unpacked, states_of, values, latest, has_tiles)
+    return []
+
+
+def _merge_words(lookup: ViewLookup, codec: layout.TileCodec, unpacked, states_of,
+                 values: np.ndarray, latest: np.ndarray, has_tiles: np.ndarray) -> None:
+    read = lookup.tiles
+    width = len(read.fields)
     words, nulls, present = unpacked
-    entities = len(replies)
+    entities = len(values)
     words = words.reshape(entities, width, -1)
     nulls = nulls.reshape(entities, width, -1)
     present = present.reshape(entities, width)
@@ -652,7 +668,6 @@ def _merge_binary(lookup: ViewLookup, replies, states_of, values: np.ndarray,
         rows = merged.any
         values[rows, j] = column[rows]
         latest[rows, j] = merged.newest[rows]
-    return True
 
 
 class _MergedWords:
@@ -786,12 +801,12 @@ def _slot_of(codec: layout.TileCodec, at: int) -> int:
     raise ValueError(f"no state starts at word {at}")
 
 
-def _merge_fields(lookup: ViewLookup, replies, states_of):
+def _merge_fields(lookup: ViewLookup, replies, states_of, among: list[int]):
     """(entity, [(value, start of the newest tile read) per aggregation]) of
-    each entity with tiles; start None where its window holds none."""
+    each entity of `among` with tiles; start None where its window holds none."""
     read, width = lookup.tiles, lookup.view.states
     starts = [layout.parse_tile_field(f)[1] for f in read.fields]
-    entities = [i for i, fields in enumerate(replies) if any(fields)]
+    entities = [i for i in among if any(replies[i])]
     windows_of = {}  # per distinct window: the aggregations that read it
     for j, (f, members) in enumerate(zip(lookup.aggregations, read.members)):
         windows_of.setdefault(members, []).append((j, f.index, states_of[j].folder()))

@@ -147,7 +147,7 @@ def test_vectorized_merge_answers_as_the_per_entity_merge():
     assert {pb.PRESENT, pb.NULL_VALUE} <= statuses   # windows with values and without
 
 
-def test_one_json_tile_sends_the_request_down_the_per_entity_path():
+def test_an_entity_with_a_json_tile_is_merged_alone_and_the_rest_with_numpy():
     rng = random.Random(5)
     binary = _hashes(rng, 20, CODEC.encode)
     wide = next(s for s in (_states(rng, wide=True) for _ in range(200))
