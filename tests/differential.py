@@ -180,18 +180,26 @@ def _view(name, entity, keys, tile, ttl, rows, aggregations) -> tuple[View, RefV
     return view, ref
 
 
+# the numbers of `buys` again, in a view whose every state has a fixed width:
+# its tiles are binary (featurestore.layout.TileCodec), JSON where a sum
+# outgrows 64 bits (the wild user's), while `buys` and `shops` stay JSON
+NUMS_AGGREGATIONS = [
+    (f"num_{name}", function, arg, window, where)
+    for name, function, arg, window, where in BUYS_AGGREGATIONS
+    if function != "count_distinct" and (arg is None or dict(SCHEMA)[arg] != "string")]
 BUYS, REF_BUYS = _view("buys", "user", ["user"], TILE, DAY, BUYS_ROWS, BUYS_AGGREGATIONS)
+NUMS, REF_NUMS = _view("nums", "user", ["user"], TILE, DAY, ["qty"], NUMS_AGGREGATIONS)
 SHOP_VIEW, REF_SHOPS = _view("shops", "user_shop", ["user", "shop"], HOUR, None, ["amount"],
                              SHOPS_AGGREGATIONS)
 PLAN = Plan(
     entities=(Entity("user", (("user", "string"),)),
               Entity("user_shop", (("user", "string"), ("shop", "int64")))),
     sources=(Source("events", "batch", "parquet", "data/events/*.parquet", "ts", SCHEMA),),
-    views=(BUYS, SHOP_VIEW),
-    services=(Service("everything", (("buys", "*"), ("shops", "*"))),),
+    views=(BUYS, SHOP_VIEW, NUMS),
+    services=(Service("everything", (("buys", "*"), ("shops", "*"), ("nums", "*"))),),
 )
-REF_VIEWS = (REF_BUYS, REF_SHOPS)
-FEATURES = [*BUYS.feature_names, *SHOP_VIEW.feature_names]
+REF_VIEWS = (REF_BUYS, REF_SHOPS, REF_NUMS)
+FEATURES = [*BUYS.feature_names, *SHOP_VIEW.feature_names, *NUMS.feature_names]
 TIMESTAMP_FEATURES = {n for v in PLAN.views for n in v.feature_names if v.feature_type(n) == "timestamp"}
 
 
@@ -307,6 +315,7 @@ def expected(events: list[dict], user: str, shop: int, t: int) -> dict[str, obje
     """Every feature of the plan for one label, from the reference."""
     out = features_at(REF_BUYS, events, (user,), t)
     out.update(features_at(REF_SHOPS, events, (user, shop), t))
+    out.update(features_at(REF_NUMS, events, (user,), t))
     return out
 
 

@@ -84,7 +84,7 @@ def test_as_of_serves_what_export_computes_at_that_time(answers):
 def test_responses_say_how_fresh_each_view_is(answers):
     _, _, asks, results = answers
     got = results[asks.index(None)]   # now
-    assert set(got.freshness) == {"buys", "shops"}
+    assert set(got.freshness) == {"buys", "shops", "nums"}
     newest, age = got.freshness["buys"]
     assert newest == END and age == 0            # a recent row was written at END
     assert got.freshness["shops"][0] == END

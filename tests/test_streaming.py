@@ -187,6 +187,7 @@ def stream(tmp_path_factory):
                         "invalid": invalid, **unread},
                "shops": {"future": kept, "invalid": invalid, **unread}}
     counts = {"buys": _passing(events + ahead), "shops": _passing(events + beyond + ahead)}
+    dropped["nums"], counts["nums"] = dropped["buys"], counts["buys"]   # the same source and rules
     job = Job(root, url + "/0")
     job.start()
     try:
