@@ -759,9 +759,9 @@ def _finalize(function: str, agg: tiles.Aggregation, codec: layout.TileCodec,
         low, _ = merged.get(at + 1)
         out_of_range, _ = merged.get(at + 2)
         out = np.empty(len(h), object)
-        total = h * _TWO_62 + low
-        out[:] = [math.nan if o else (None if z else t / _TWO_62)
-                  for t, z, o in zip(total.tolist(), none.tolist(), out_of_range.tolist())]
+        out[:] = [math.nan if o else (None if z else ((a << 62) + b) / _TWO_62)
+                  for a, b, z, o in zip(h.tolist(), low.tolist(), none.tolist(),
+                                        out_of_range.tolist())]
         return out
     if function == "avg":
         n, _ = merged.get(at)
@@ -770,9 +770,9 @@ def _finalize(function: str, agg: tiles.Aggregation, codec: layout.TileCodec,
             h, _ = merged.get(at + 1)
             low, _ = merged.get(at + 2)
             out_of_range, _ = merged.get(at + 3)
-            total = h * _TWO_62 + low
-            out[:] = [math.nan if o else (t / (c * _TWO_62) if c else None)
-                      for t, c, o in zip(total.tolist(), n.tolist(), out_of_range.tolist())]
+            out[:] = [math.nan if o else (((a << 62) + b) / (c * _TWO_62) if c else None)
+                      for a, b, c, o in zip(h.tolist(), low.tolist(), n.tolist(),
+                                            out_of_range.tolist())]
         else:          # words n, s
             s, _ = merged.get(at + 1)
             out[:] = [s_ / c if c else None for s_, c in zip(s.tolist(), n.tolist())]
@@ -788,7 +788,8 @@ def _finalize(function: str, agg: tiles.Aggregation, codec: layout.TileCodec,
     out = np.empty(len(n), object)
     out[:] = [value([c, s_, q >> 64, 0, q & mask64, *rest])
               for c, s_, q, *rest in zip(n.tolist(), s.tolist(),
-                                         (qh * _TWO_62 + ql).tolist(), *extra)]
+                                         [(a << 62) + b for a, b in zip(qh.tolist(), ql.tolist())],
+                                         *extra)]
     return out
 
 
