@@ -2,9 +2,10 @@
 
 Building a command per key in Python costs microseconds each, which is what
 makes Feast's materialization slow. Here DuckDB builds every command's RESP
-bytes (the wire format Redis reads) as a string column, vectorized, and
-`BulkWriter` sends the column's Arrow buffer as it is, one large pipelined
-write per batch, then checks the replies without parsing each one.
+bytes (the wire format Redis reads) as a string column, vectorized, or its
+parts, which `group_commands` joins into one command per key with one Arrow
+`take`, and `BulkWriter` sends the column's Arrow buffer as it is, one large
+pipelined write per batch, then checks the replies without parsing each one.
 
 The writer knows how many reply lines each command produces (every command
 used here answers with one-line replies: +OK, :n, +QUEUED, or an EXEC array
@@ -15,6 +16,9 @@ vectorized) and each part goes to its master's connection.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import pyarrow as pa
 
 from featurestore import redis_client
@@ -54,6 +58,40 @@ def literal_sql(data: bytes) -> str:
     return sql_text(data.decode())
 
 
+def group_commands(heads: pa.Array, items: Sequence[pa.Array], offsets: np.ndarray,
+                   tails: pa.Array | None = None) -> pa.LargeBinaryArray:
+    """One command per group from encoded parts (binary or string arrays):
+    group g's bytes are heads[g], then for each of its items i
+    (offsets[g] <= i < offsets[g + 1]) items[0][i], items[1][i], ..., then
+    tails[g]. One `take` copies every part into place: no Python per group
+    or item."""
+    n, width = len(heads), len(items)
+    count = len(items[0]) if items else 0
+    offsets = np.asarray(offsets, np.int64)
+    if len(offsets) != n + 1 or offsets[0] != 0 or offsets[-1] != count:
+        raise ValueError("the offsets of the groups do not match the items")
+    per_group = np.diff(offsets)
+    parts = per_group * width + 1 + (tails is not None)
+    starts = np.zeros(n + 1, np.int64)
+    np.cumsum(parts, out=starts[1:])
+    order = np.empty(starts[-1], np.int64)
+    order[starts[:-1]] = np.arange(n)
+    group = np.repeat(np.arange(n), per_group)
+    first = starts[group] + 1 + (np.arange(count) - offsets[group]) * width
+    for p in range(width):
+        order[first + p] = n + p * count + np.arange(count)
+    if tails is not None:
+        order[starts[1:] - 1] = n + width * count + np.arange(n)
+    arrays = [heads, *items] + ([] if tails is None else [tails])
+    joined = pa.concat_arrays([a.cast(pa.large_binary()) for a in arrays]).take(pa.array(order))
+    if joined.null_count:
+        raise ValueError("a part of a bulk Redis command is null")
+    bounds = np.frombuffer(joined.buffers()[1], np.int64, len(joined) + 1, joined.offset * 8)
+    return pa.Array.from_buffers(pa.large_binary(), n,
+                                 [None, pa.py_buffer(np.ascontiguousarray(bounds[starts])),
+                                  joined.buffers()[2]])
+
+
 class RedisReplyError(RuntimeError):
     """Redis refused a command of a bulk write."""
 
@@ -89,7 +127,7 @@ class BulkWriter:
 
     def send(self, commands: pa.Array | pa.ChunkedArray, lines_per_command: int,
              keys: pa.Array | pa.ChunkedArray | None = None) -> None:
-        """Send a string column of RESP commands, each answered by
+        """Send a string or binary column of RESP commands, each answered by
         `lines_per_command` reply lines; `keys`, the key of each command,
         places it on a cluster (every key a command names shares one slot)."""
         chunks = commands.chunks if isinstance(commands, pa.ChunkedArray) else [commands]
@@ -171,8 +209,9 @@ class _Node:
 
 
 def _data(chunk: pa.Array) -> memoryview:
-    """The bytes of a string array's values, concatenated, without copying."""
-    offset_type = "q" if pa.types.is_large_string(chunk.type) else "i"
+    """The bytes of a string or binary array's values, concatenated, without copying."""
+    large = pa.types.is_large_string(chunk.type) or pa.types.is_large_binary(chunk.type)
+    offset_type = "q" if large else "i"
     offsets = memoryview(chunk.buffers()[1]).cast(offset_type)
     start, end = offsets[chunk.offset], offsets[chunk.offset + len(chunk)]
     return memoryview(chunk.buffers()[2])[start:end]
