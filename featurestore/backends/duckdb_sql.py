@@ -288,6 +288,68 @@ def tile_json_sql(view: View) -> str:
     return layout.sql_json_array(states)
 
 
+def tile_codec(view: View) -> layout.TileCodec:
+    """The codec of the view's tiles (`layout.TileCodec`)."""
+    return layout.tile_codec([tile_aggregation(view.aggregations[k])
+                              for k in view.state_owners()])
+
+
+def state_columns(view: View) -> list[str]:
+    """The s<k>_<column> columns of the view's stored states, in slot order."""
+    return [f"s{k}_{c.name}" for k in view.state_owners()
+            for c in tile_aggregation(view.aggregations[k]).columns]
+
+
+_LOW_62 = (1 << 62) - 1
+_LOW_29 = (1 << 29) - 1
+
+
+def tile_words_sql(view: View) -> list[tuple[str, str | None]]:
+    """Per word of the view's binary tiles (`layout.TileCodec.words`), its SQL
+    over the s<k>_<column> columns, a BIGINT (a DOUBLE for an "f" word), null
+    where the word is null; and the SQL that is true where the state is
+    present, so that a null word means it does not fit in 64 bits (None for
+    words that always fit). Float sums and the squares of a variance are
+    split with HUGEINT arithmetic that never overflows: T = H * 2**62 + L
+    into (H + (L >> 62), L & (2**62 - 1)), and Q = A * 2**64 + B * 2**33 + C
+    into (4A + (B >> 29) + (C >> 62) + (R >> 62), R & (2**62 - 1)) with
+    R = (B & (2**29 - 1)) * 2**33 + (C & (2**62 - 1)) < 2**63."""
+    out: list[tuple[str, str | None]] = []
+    for k, slot in zip(view.state_owners(), tile_codec(view).slots, strict=True):
+        cols = [f"s{k}_{c.name}" for c in tile_aggregation(view.aggregations[k]).columns]
+        for at, kinds in enumerate(slot):
+            col = cols[at]
+            first = kinds[0] if kinds else None
+            if first == "n":
+                out.append((f"TRY_CAST(COALESCE({col}, 0) AS BIGINT)", "TRUE"))
+            elif first == "s":
+                out.append((f"TRY_CAST({col} AS BIGINT)", f"{col} IS NOT NULL"))
+            elif first in ("h", "qh"):
+                present = f"{col} IS NOT NULL"
+                parts = [f"CAST(COALESCE({x}, 0) AS HUGEINT)"
+                         for x in cols[at:at + (2 if first == "h" else 3)]]
+                if first == "h":
+                    h, lo = parts
+                    high, low = f"{h} + ({lo} >> 62)", lo
+                else:
+                    a, b, c = parts
+                    low = f"((({b} & {_LOW_29}) << 33) + ({c} & {_LOW_62}))"
+                    high = f"4 * {a} + ({b} >> 29) + ({c} >> 62) + ({low} >> 62)"
+                out.append((f"CASE WHEN {present} THEN TRY_CAST({high} AS BIGINT) END", present))
+                out.append((f"CASE WHEN {present} THEN CAST({low} & {_LOW_62} AS BIGINT) END",
+                            None))
+            elif first == "t":
+                out.append((f"({col}).t", None))
+                out.append((_value_word(f"({col}).v", kinds[1]), None))
+            elif first is not None:
+                out.append((_value_word(col, first), None))
+    return out
+
+
+def _value_word(sql: str, kind: str) -> str:
+    return f"CAST({sql} AS {'DOUBLE' if kind == 'f' else 'BIGINT'})"
+
+
 def _state_json(col: str, c: tiles.StateColumn, vtype: str | None) -> str:
     if c.reduce in ("count", "sum"):
         return layout.sql_json(col, "int")
