@@ -27,8 +27,12 @@ rollup around it.
 Keys expire once nothing can read them (`featurestore.windows`: tiles
 `retention + 2 tiles` after their newest tile, rows `2 * ttl` after their
 event, so the server can still tell OUTSIDE_MAX_AGE from NOT_FOUND for a
-while), counted on the run's own clock, `end`. DuckDB writes each command's RESP bytes, `featurestore.bulk_redis`
-pipelines them: no Python runs per key.
+while), counted on the run's own clock, `end`.
+
+DuckDB writes each command's RESP bytes, `featurestore.bulk_redis` pipelines
+them: no Python runs per key. Tile values are binary where the view's states
+all have a fixed width (`layout.TileCodec`): DuckDB computes each tile's
+words and numpy packs them, all tiles of a batch at once (`tile_commands`).
 """
 from __future__ import annotations
 
@@ -40,6 +44,8 @@ from queue import Full, Queue
 from typing import Callable
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from dsl.plan import Plan, View
@@ -47,7 +53,7 @@ from featurestore import layout, redis_client, windows
 from featurestore.backends import duckdb_sql
 from featurestore.backends.duckdb_sql import ident
 from featurestore.bulk_redis import (BulkWriter, RedisReplyError, bulk_sql, command_sql,
-                                     literal_sql, resp_command)
+                                     group_commands, literal_sql, resp_command)
 from featurestore.errors import DataError, ServiceError, UserError
 from featurestore.schema_check import require_valid_data
 
@@ -162,43 +168,113 @@ def rows_commands_sql(project: str, view: View, rows_sql: str, end_us: int) -> s
 
 def tiles_commands_sql(project: str, view: View, tiles_sql: str, end_us: int,
                        replace: bool, tiles_from: int | None = None) -> tuple[str, int]:
-    """The commands writing each entity's tiles and rollups, and the
-    reply lines of each. `tiles_sql` holds every event from `tiles_from` (a
-    tile start; None: all history) on, so the rollups from there on are
-    complete; those before it are not written. Full runs replace the hash (MULTI, DEL, HSET,
+    """The parts of the commands writing each entity's tiles and rollups,
+    one row per entity (`tile_commands` joins them), and the reply lines of
+    each. `tiles_sql` holds every event from `tiles_from` (a tile start;
+    None: all history) on, so the rollups from there on are complete; those
+    before it are not written. Full runs replace the hash (MULTI, DEL, HSET,
     PEXPIRE, EXEC); other runs merge into it (HSET, PEXPIRE ... GT: a TTL is
-    only ever extended)."""
+    only ever extended).
+
+    Columns: __head, the commands up to the HSET's first field; __tiles, a
+    list of one struct per tile: `f` its field as a RESP bulk string, `j`
+    its JSON value as one (null for a binary tile), w0, w1, ... its words
+    (`duckdb_sql.tile_words_sql`; none when the view's tiles are JSON);
+    __tail, the commands after the HSET; __n, the tiles; __key."""
     keys = ", ".join(ident(k) for k, _ in view.keys)
     keep = windows.tiles_keep_us(view)
-    pair = f"concat({bulk_sql('__field')}, {bulk_sql('__value')})"
-    per_tile = (f"SELECT {keys}, __tile, {layout.sql_tile_field('__tile')} AS __field, "
-                f"{duckdb_sql.tile_json_sql(view)} AS __value FROM __fine")
-    states = ", ".join(duckdb_sql.rollup_states_sql(view))
+    states = duckdb_sql.state_columns(view)
+    per_tile = f"SELECT {keys}, __tile, {layout.sql_tile_field('__tile')} AS __field, " \
+               f"{', '.join(states)} FROM __fine"
+    merged = ", ".join(duckdb_sql.rollup_states_sql(view))
     for size in windows.levels(view)[1:]:
         start = duckdb_sql.floor_to("__tile", size)
         complete = "" if tiles_from is None else f" HAVING {start} >= {tiles_from}"
-        rollups = (f"SELECT {keys}, {start} AS __tile, {states} FROM __fine "
+        rollups = (f"SELECT {keys}, {start} AS __tile, {merged} FROM __fine "
                    f"GROUP BY {keys}, {start}{complete}")
         per_tile += (f" UNION ALL SELECT {keys}, __tile, {layout.sql_tile_field('__tile', size)}, "
-                     f"{duckdb_sql.tile_json_sql(view)} FROM ({rollups})")
+                     f"{', '.join(states)} FROM ({rollups})")
+    json_sql = duckdb_sql.tile_json_sql(view)
+    if duckdb_sql.tile_codec(view).fixed:
+        # words first, in a subquery; the JSON only for a tile one of whose words does not fit
+        words = duckdb_sql.tile_words_sql(view)
+        names = [f"w{i}" for i in range(len(words))]
+        spill = " OR ".join(f"({w} IS NULL AND {present})"
+                            for w, (_, present) in zip(names, words) if present is not None)
+        computed = ", ".join(f"{sql} AS {w}" for w, (sql, _) in zip(names, words))
+        per_tile = (f"SELECT {keys}, __tile, __field, {', '.join(names)}, "
+                    f"CASE WHEN {spill or 'FALSE'} THEN {json_sql} END AS __json FROM ("
+                    f"SELECT {keys}, __tile, __field, {', '.join(states)}, {computed} "
+                    f"FROM ({per_tile}))")
+        fields = [f"'j': CASE WHEN __json IS NOT NULL THEN {bulk_sql('__json')} END"]
+        fields += [f"'{w}': {w}" for w in names]
+    else:
+        per_tile = f"SELECT {keys}, __tile, __field, {json_sql} AS __json FROM ({per_tile})"
+        fields = [f"'j': {bulk_sql('__json')}"]
     per_tile = f"WITH __fine AS MATERIALIZED ({tiles_sql}) {per_tile}"
     having, px = "", "NULL"
     if keep is not None:
         having = f" HAVING max(__tile) + {keep} > {end_us}"
         px = f"CAST(greatest(1, (max(__tile) + {keep} - {end_us}) // 1000) AS VARCHAR)"
+    tiles = "list({" + ", ".join([f"'f': {bulk_sql('__field')}"] + fields) + "})"
     per_entity = (f"SELECT {_key_sql(project, view, 't')} AS __key, count(*) AS __n, {px} AS __px, "
-                  f"string_agg({pair}, '' ORDER BY __tile) AS __fields FROM ({per_tile}) "
+                  f"{tiles} AS __tiles FROM ({per_tile}) "
                   f"WHERE {_not_null_keys(view)} GROUP BY {keys}{having}")
-    commands = [command_sql("HSET", ["__key"], "__fields", "2 * __n")]
+    head = [command_sql("HSET", ["__key"], "", "2 * __n")]
+    tail = []
     if keep is not None:
-        commands.append(command_sql("PEXPIRE", ["__key", "__px"] + ([] if replace else ["'GT'"])))
+        tail.append(command_sql("PEXPIRE", ["__key", "__px"] + ([] if replace else ["'GT'"])))
     if replace:
-        commands = ([literal_sql(resp_command("MULTI")), command_sql("DEL", ["__key"])] + commands
-                    + [literal_sql(resp_command("EXEC"))])
-        lines = 2 + 2 * (len(commands) - 2)  # +OK, a +QUEUED and an EXEC line per command
+        head = [literal_sql(resp_command("MULTI")), command_sql("DEL", ["__key"])] + head
+        tail.append(literal_sql(resp_command("EXEC")))
+        lines = 2 + 2 * (len(head) + len(tail) - 2)  # +OK, a +QUEUED and an EXEC line per command
     else:
-        lines = len(commands)
-    return f"SELECT concat({', '.join(commands)}) AS cmd, __n, __key FROM ({per_entity})", lines
+        lines = len(head) + len(tail)
+    tail_sql = f"concat({', '.join(tail)})" if tail else "''"
+    return (f"SELECT concat({', '.join(head)}) AS __head, __tiles, {tail_sql} AS __tail, "
+            f"__n, __key FROM ({per_entity})", lines)
+
+
+def tile_commands(batch: pa.RecordBatch, codec: layout.TileCodec) -> pa.Array:
+    """The commands of a batch of `tiles_commands_sql`: per entity its head,
+    then per tile the field and the value as RESP bulk strings, then its
+    tail. A binary value (`layout.TileCodec`) is packed here from the words,
+    every tile of the batch at once with numpy; a tile with a JSON value
+    (`j`) keeps it."""
+    tiles = batch.column("__tiles")
+    offsets = tiles.offsets.to_numpy()
+    parts = dict(zip((f.name for f in tiles.type.value_type), tiles.flatten().flatten()))
+    values = parts["j"]
+    if codec.fixed and values.null_count:
+        packed = _bulk_values(codec, [parts[f"w{i}"] for i in range(len(codec.words))])
+        values = (pc.if_else(values.is_valid(), values.cast(pa.large_binary()), packed)
+                  if values.null_count < len(values) else packed)
+    return group_commands(batch.column("__head"), [parts["f"], values],
+                          offsets - offsets[0], batch.column("__tail"))
+
+
+def _bulk_values(codec: layout.TileCodec, words: list[pa.Array]) -> pa.Array:
+    """RESP bulk strings of the binary values (`TileCodec.pack`'s bytes) of
+    tiles whose words are given, one array per word."""
+    n = len(words[0]) if words else 0
+    head = b"$%d\r\n" % codec.size
+    out = np.zeros(n, [("head", f"S{len(head)}"), ("value", codec.dtype), ("end", "S2")])
+    out["head"], out["end"] = head, b"\r\n"
+    value = out["value"]
+    value["tag"] = layout.BINARY_TAG
+    nulls = np.zeros(n, np.uint64)
+    for k, (kind, word) in enumerate(zip(codec.words, words, strict=True)):
+        data = word.fill_null(0).to_numpy()
+        if kind == "f":
+            # every NaN as float("nan") is: a NaN's sign and payload are no value
+            data = np.where(np.isnan(data), np.nan, data).view(np.int64)
+        if word.null_count:
+            nulls |= word.is_null().to_numpy(zero_copy_only=False).astype(np.uint64) << np.uint64(k)
+        value["words"][:, k] = data
+    value["nulls"] = nulls
+    size = out.dtype.itemsize
+    return pa.Array.from_buffers(pa.large_binary(), n, [
+        None, pa.py_buffer(np.arange(0, (n + 1) * size, size, dtype=np.int64)), pa.py_buffer(out)])
 
 
 def prune_commands_sql(project: str, view: View, rows_sql: str) -> str:
@@ -219,35 +295,45 @@ def prune_commands_sql(project: str, view: View, rows_sql: str) -> str:
 
 
 # ------------------------------------------------------------------ running
-def _send(con, writer: BulkWriter, sql: str, lines: int,
-          counted: str | None = None) -> tuple[int, int]:
-    """Stream the `cmd` column of `sql` into Redis (`__key`, the key of each
-    command, places it on a cluster); (commands, sum of `counted`).
-    DuckDB encodes the next batch on a thread of its own while Redis works
-    on the last one: the two overlap instead of taking turns. A relation, not
-    `execute`: DuckDB 2 copies every row of a DB-API result it hands to Arrow."""
+def _send(con, writer: BulkWriter, sql: str, lines: int, counted: str | None = None,
+          encode: Callable[[pa.RecordBatch], pa.Array] | None = None) -> tuple[int, int]:
+    """Stream the commands of `sql` into Redis: its `cmd` column, or what
+    `encode` makes of each batch (`__key`, the key of each command, places
+    it on a cluster); (commands, sum of `counted`).
+    DuckDB computes and `encode` encodes the next batch on a thread of their
+    own while Redis works on the last one: the two overlap instead of taking
+    turns. A relation, not `execute`: DuckDB 2 copies every row of a DB-API
+    result it hands to Arrow."""
     commands = total = 0
-    for batch in _batches(con.sql(sql).to_arrow_reader(BATCH_ROWS)):
-        writer.send(batch.column("cmd"), lines,
-                    batch.column("__key") if writer.needs_keys else None)
+
+    def prepare(batch):
+        return batch, (batch.column("cmd") if encode is None or not batch.num_rows
+                       else encode(batch))
+
+    for batch, encoded in _batches(con.sql(sql).to_arrow_reader(BATCH_ROWS), prepare):
+        if not batch.num_rows:
+            continue
+        writer.send(encoded, lines, batch.column("__key") if writer.needs_keys else None)
         commands += batch.num_rows
-        if counted is not None and batch.num_rows:
+        if counted is not None:
             total += pc.sum(batch.column(counted)).as_py() or 0
     writer.flush()
     return commands, total
 
 
-def _batches(reader, ahead: int = 2):
-    """The reader's batches, read on a producer thread up to `ahead` early."""
+def _batches(reader, prepare: Callable = lambda batch: batch, ahead: int = 2):
+    """`prepare` of the reader's batches, read and prepared on a producer
+    thread up to `ahead` early."""
     queue: Queue = Queue(maxsize=ahead)
     stop = threading.Event()
 
     def produce() -> None:
         try:
             for batch in reader:
+                item = prepare(batch)
                 while not stop.is_set():
                     try:
-                        queue.put(batch, timeout=0.1)
+                        queue.put(item, timeout=0.1)
                         break
                     except Full:
                         pass
@@ -297,7 +383,9 @@ def _write_tiles(con, writer, project, view, source, root, run: Run, st: ViewSta
     tiles = duckdb_sql.tiles_sql(view, source, root, run.end_us, run.tiles_from)
     sql, lines = tiles_commands_sql(project, view, tiles, run.end_us, replace=run.mode == "full",
                                     tiles_from=run.tiles_from)
-    st.entities, st.tiles = _send(con, writer, sql, lines, counted="__n")
+    codec = duckdb_sql.tile_codec(view)
+    st.entities, st.tiles = _send(con, writer, sql, lines, counted="__n",
+                                  encode=lambda batch: tile_commands(batch, codec))
     if run.prune is not None:
         old = duckdb_sql.view_rows_sql(view, source, root, run.end_us, run.prune[0])
         old = f"SELECT * FROM ({old}) WHERE __tile < {run.prune[1]}"

@@ -1,6 +1,7 @@
 """DuckDB writes the bytes `featurestore.layout` and `featurestore.tiles`
 define: every tile and every latest row in Redis after `materialize` equals
-the Python encoding of states computed in Python (`Aggregation.state_of`),
+the Python encoding (`TileCodec.encode`, `encode_row`) of states computed in
+Python (`Aggregation.state_of`),
 on the edge-case data of the differential tests; rollups too, computed from
 the rows inside them."""
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _python_tiles(view, view_ref, events, end, lower):
             if lower is None or start >= lower:
                 field = layout.tile_field(start, size if i else None)
                 by_tile[(tuple(e[k] for k, _ in view.keys), field)].append(e)
-    out = {}
+    out, codec = {}, duckdb_sql.tile_codec(view)
     for (key, start), rows in by_tile.items():
         states = []   # one per slot: the first aggregation of each
         for k in view.state_owners():
@@ -38,7 +39,7 @@ def _python_tiles(view, view_ref, events, end, lower):
             kept = [e for e in rows if ref.where is None or ref.where(e) is True]
             pairs = [(e["ts"], ref.arg(e) if ref.arg else None) for e in kept]
             states.append(duckdb_sql.tile_aggregation(a).state_of(pairs))
-        out[(layout.encode_entity_key(list(key)), start)] = layout.encode_tile(states)
+        out[(layout.encode_entity_key(list(key)), start)] = codec.encode(states)
     return out
 
 
@@ -48,7 +49,7 @@ def test_materialized_tiles_are_the_python_encoding_of_python_states(tmp_path, r
     end = d.T0 + d.SPAN
     materialize(d.PLAN, tmp_path, d.PROJECT, redis_url, end_us=end)
     r = redis.Redis.from_url(redis_url)
-    for view, view_ref in ((d.BUYS, d.REF_BUYS), (d.SHOP_VIEW, d.REF_SHOPS)):
+    for view, view_ref in ((d.BUYS, d.REF_BUYS), (d.SHOP_VIEW, d.REF_SHOPS), (d.NUMS, d.REF_NUMS)):
         lower = windows.window_start(end, view.tile_us, windows.history_us(view))
         want = _python_tiles(view, view_ref, events, end, lower)
         got = {}
