@@ -1,4 +1,4 @@
-"""Rollup tiles (layout v3): a window reads the few tiles and rollups that
+"""Rollup tiles (layout v3 on): a window reads the few tiles and rollups that
 cover it, and gets exactly the value of all its tiles.
 
 * `windows.cover` is exact (every fine tile of the window once, nothing

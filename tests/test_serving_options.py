@@ -129,7 +129,7 @@ def test_an_undecodable_value_is_invalid_for_its_entity_named_and_counted(loop, 
         text = scrape_until(server.metrics_port,
                             'featurestore_corrupt_values_total{view="user_profile"} 1.0')
     assert 'featurestore_corrupt_values_total{view="user_profile"} 1.0' in text
-    assert "the row of view 'user_profile' for entity 'u2' is not a row of layout v3" \
+    assert "the row of view 'user_profile' for entity 'u2' is not a row of layout v4" \
         in caplog.text
 
 
