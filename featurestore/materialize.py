@@ -371,8 +371,12 @@ def materialize_view(con, writer: BulkWriter, r, project: str, plan: Plan, view:
         if view.aggregations:
             _write_tiles(con, writer, project, view, source, root, run, st)
         if view.row_features:
-            rows = duckdb_sql.latest_rows_sql(view, source, root, end_us, run.start_us)
-            st.rows, _ = _send(con, writer, rows_commands_sql(project, view, rows, end_us), 1)
+            rows, latest = duckdb_sql.latest_rows_parts(view, source, root, end_us, run.start_us)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE __rows AS {rows}")
+            try:
+                st.rows, _ = _send(con, writer, rows_commands_sql(project, view, latest, end_us), 1)
+            finally:
+                con.execute("DROP TABLE IF EXISTS __rows")
         if run.watermark is not None:
             r.set(mark_key, layout.encode_watermark(run.watermark))
     st.seconds = time.perf_counter() - t0

@@ -228,3 +228,49 @@ def test_group_commands_join_each_group_s_parts_in_order():
     assert got.to_pylist() == [b"<a>a1=1;a2=2;</a>", b"<b></b>", b"<c>c1=3;</c>"]
     assert group_commands(heads, [fields], np.array([0, 1, 2, 3])).to_pylist() == \
         [b"<a>a1", b"<b>a2", b"<c>c1"]
+
+
+def test_a_million_latest_rows_are_written_on_two_threads(tmp_path, redis_url):
+    """DuckDB 1.5 stalls streaming a UNION ALL whose branches read one
+    materialized CTE when it runs on two threads and the result spans
+    several batches; the latest rows are computed from a table instead."""
+    import threading
+
+    import numpy as np
+
+    n = 1_000_000
+    rng = np.random.default_rng(3)
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({
+        "user_id": pa.array(np.arange(n)).cast(pa.string()),
+        "amount": rng.uniform(1, 100, n).round(2),
+        "ts": pa.array(END - rng.integers(1, HOUR, n)).cast(pa.timestamp("us", "UTC"))}),
+        tmp_path / "data" / "rows.parquet")
+    view = View("latest", "user", (("user_id", "string"),), "buys", None, TILE, 2 * HOUR,
+                (RowFeature("last_amount", AMOUNT, "float64"),), ())
+    plan = Plan(PLAN.entities, PLAN.sources, (view,), ())
+    done: list = []
+
+    def run():
+        import duckdb
+        original = duckdb.connect
+
+        def two_threads(*args, **kwargs):
+            con = original(*args, **kwargs)
+            con.execute("SET threads = 2")
+            return con
+        duckdb.connect = two_threads
+        try:
+            done.append(materialize(plan, tmp_path, "p", redis_url, end_us=END))
+        except BaseException as e:
+            done.append(e)
+        finally:
+            duckdb.connect = original
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(120)
+    assert done, "materialize did not finish within 120 s"
+    assert not isinstance(done[0], BaseException), done[0]
+    assert done[0].views[0].rows == n
+    assert redis.Redis.from_url(redis_url).dbsize() == n + 1   # the rows and the watermark

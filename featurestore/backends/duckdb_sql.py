@@ -410,7 +410,19 @@ def latest_values_sql(view: View, struct: str) -> list[str]:
 def latest_rows_sql(view: View, source: Source, root: Path, end_us: int | str,
                     start_us: int | str | None) -> str:
     """The latest row per entity with start_us <= __ts <= end_us: keys, __ts,
-    then one column per row feature (f0, f1, ...).
+    then one column per row feature (f0, f1, ...), in one query
+    (`latest_rows_parts` as a materialized CTE)."""
+    rows, latest = latest_rows_parts(view, source, root, end_us, start_us)
+    return f"WITH __rows AS MATERIALIZED ({rows}), {latest.removeprefix('WITH ')}"
+
+
+def latest_rows_parts(view: View, source: Source, root: Path, end_us: int | str,
+                      start_us: int | str | None) -> tuple[str, str]:
+    """`latest_rows_sql` in two queries: the rows of the view, numbered
+    (__id), and the latest of them per entity, read from a relation named
+    `__rows` holding the first. A writer that streams the result to Arrow
+    stores the first as a table: DuckDB 1.5 can stall when a streamed
+    UNION ALL reads one materialized CTE from both branches on two threads.
 
     Most entities have one row at their latest __ts: the GROUP BY only finds
     which row (its id), and the row is read back as it is. Entities with
@@ -424,8 +436,8 @@ def latest_rows_sql(view: View, source: Source, root: Path, end_us: int | str,
             f"arg_max(__id, __ts) AS __id FROM __rows GROUP BY {keys}")
     single = f"SELECT __id FROM __last WHERE len(__top) = 1 OR __top[2] < __ts"
     tied = f"SELECT {keys} FROM __last WHERE len(__top) = 2 AND __top[2] = __ts"
-    return (f"WITH __rows AS MATERIALIZED (SELECT *, row_number() OVER () AS __id FROM ({rows})), "
-            f"__last AS ({last}) "
+    return (f"SELECT *, row_number() OVER () AS __id FROM ({rows})",
+            f"WITH __last AS ({last}) "
             f"SELECT {keys}, __ts, {fs} FROM __rows SEMI JOIN ({single}) USING (__id) "
             f"UNION ALL SELECT {keys}, __w.ts AS __ts, {', '.join(latest_values_sql(view, '__w'))} "
             f"FROM (SELECT {keys}, {latest_struct_sql(view, True)} AS __w FROM __rows "
