@@ -46,13 +46,25 @@ def redis_layout(plan: Plan, project: str) -> str:
                 "/".join(a.name for a, s in zip(v.aggregations, slots) if s == slot)
                 + f": {_state(v.aggregations[k])}" for slot, k in enumerate(v.state_owners()))
             sizes = windows.levels(v)
+            codec = _codec(v)
+            form = (f"binary, {len(codec.words)} words ({' '.join(codec.words)}; JSON beyond "
+                    "64 bits)" if codec is not None and codec.fixed else "JSON")
             lines += [f"  {layout.tiles_key(*args).decode()}",
-                      f"    hash: tile start (epoch µs) -> JSON [{states}]"]
+                      f"    hash: tile start (epoch µs) -> {form} [{states}]"]
             if len(sizes) > 1:
                 lines.append(f"    and rollups of {', '.join(map(format_duration, sizes[1:]))}: "
-                             "'<size µs>:<start µs>' -> the same JSON, merged")
+                             "'<size µs>:<start µs>' -> the same, merged")
         lines.append("")
     return "\n".join(lines)
+
+
+def _codec(v) -> layout.TileCodec | None:
+    """The view's tile codec; None when an aggregation has no tile state."""
+    try:
+        return layout.tile_codec([tiles.aggregation(a.function, a.arg.type if a.arg else None)
+                                  for a in (v.aggregations[k] for k in v.state_owners())])
+    except ValueError:
+        return None
 
 
 def _state(a: Aggregation) -> str:
