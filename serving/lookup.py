@@ -724,9 +724,6 @@ class _MergedWords:
         return chosen
 
 
-_TWO_62 = 1 << 62
-
-
 def _finalize(function: str, agg: tiles.Aggregation, codec: layout.TileCodec,
               merged: _MergedWords, at: int) -> np.ndarray:
     """The values (an object array, None for null) of one aggregation whose
@@ -749,47 +746,27 @@ def _finalize(function: str, agg: tiles.Aggregation, codec: layout.TileCodec,
         out = value.astype(bool if kinds[1] == "b" else value.dtype).astype(object)
         out[none] = None
         return out
-    if function == "sum" and not floating:
-        s, none = merged.get(at)
-        fits = (s >= tiles.INT64_MIN) & (s <= tiles.INT64_MAX)
-        out = np.where(none | ~fits.astype(bool), None, s)
-        return out
-    if function == "sum":   # words h, l, n_out
-        h, none = merged.get(at)
-        low, _ = merged.get(at + 1)
-        out_of_range, _ = merged.get(at + 2)
-        out = np.empty(len(h), object)
-        out[:] = [math.nan if o else (None if z else ((a << 62) + b) / _TWO_62)
-                  for a, b, z, o in zip(h.tolist(), low.tolist(), none.tolist(),
-                                        out_of_range.tolist())]
-        return out
-    if function == "avg":
-        n, _ = merged.get(at)
-        out = np.empty(len(n), object)
-        if floating:   # words n, h, l, n_out
-            h, _ = merged.get(at + 1)
-            low, _ = merged.get(at + 2)
-            out_of_range, _ = merged.get(at + 3)
-            out[:] = [math.nan if o else (((a << 62) + b) / (c * _TWO_62) if c else None)
-                      for a, b, c, o in zip(h.tolist(), low.tolist(), n.tolist(),
-                                            out_of_range.tolist())]
-        else:          # words n, s
-            s, _ = merged.get(at + 1)
-            out[:] = [s_ / c if c else None for s_, c in zip(s.tolist(), n.tolist())]
-        return out
-    # variance, stddev: words n, s, qh, ql (, n_out): the exact finalizer per entity
-    n, _ = merged.get(at)
-    s, _ = merged.get(at + 1)
-    qh, _ = merged.get(at + 2)
-    ql, _ = merged.get(at + 3)
-    extra = [merged.get(at + 4)[0].tolist()] if floating else []
+    # sum, avg, variance, stddev: the state rebuilt from its merged words per
+    # entity, finalized by `tiles` (exact integer arithmetic, rounded once)
     value = agg.value
-    mask64 = (1 << 64) - 1
-    out = np.empty(len(n), object)
-    out[:] = [value([c, s_, q >> 64, 0, q & mask64, *rest])
-              for c, s_, q, *rest in zip(n.tolist(), s.tolist(),
-                                         [(a << 62) + b for a, b in zip(qh.tolist(), ql.tolist())],
-                                         *extra)]
+    out = np.empty(len(merged.any), object)
+    if function == "sum" and not floating:   # word s
+        s, none = merged.get(at)
+        out[:] = [None if z else value(t) for t, z in zip(s.tolist(), none.tolist())]
+        return out
+    columns = [merged.get(k)[0].tolist() for k in range(at, at + len(kinds))]
+    if function == "sum":      # words h, l, n_out: the state [H, L, N_out]
+        none = merged.get(at)[1].tolist()
+        out[:] = [value([None if z else h, lo, o]) for h, lo, o, z in zip(*columns, none)]
+    elif function == "avg":    # words n, s or n, h, l, n_out: the state itself
+        out[:] = [value(list(state)) for state in zip(*columns)]
+    else:                      # words n, s, qh, ql (, n_out): Q = A * 2**64 + C, B = 0
+        mask64 = (1 << 64) - 1
+        out[:] = [value([n, s_, q >> 64, 0, q & mask64, *rest])
+                  for n, s_, q, *rest in zip(columns[0], columns[1],
+                                             [(a << 62) + b for a, b in zip(columns[2],
+                                                                            columns[3])],
+                                             *columns[4:])]
     return out
 
 
