@@ -622,6 +622,8 @@ def _merge_binary(lookup: ViewLookup, replies, states_of, values: np.ndarray,
     codec = view_codec(lookup.view)
     if not codec.fixed:
         return list(range(len(replies)))
+    if not replies:
+        return []
     unpacked = codec.unpack(replies)
     if unpacked is None:
         size, tag = codec.size, layout.BINARY_TAG

@@ -172,3 +172,9 @@ def test_a_corrupt_binary_tile_makes_only_its_entity_invalid():
     for got, want in zip(response.results[1:], healthy.results[1:]):
         for i, (s, w) in enumerate(zip(got.statuses, want.statuses)):
             assert s == (pb.INVALID if i == victim else w)
+
+
+def test_a_request_of_no_entities_answers_empty_columns():
+    response = _respond([])
+    assert len(response.results) == 1 + len(SPECS)
+    assert all(len(vector.statuses) == 0 for vector in response.results)
