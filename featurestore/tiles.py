@@ -46,7 +46,9 @@ pairs lexicographically. The first (last) row of a tile is the smallest
 (greatest) `ts_value`: ties on the timestamp go to the smaller (greater) value.
 
 The states, per aggregation and argument type (the order of the columns is
-the order of the JSON list; a single column is stored bare):
+the order of the JSON list; a single column is stored bare; where every
+column of a view's states has a fixed width, `featurestore.layout.TileCodec`
+stores them as binary 64-bit words instead):
 
     count()              n = count(row)
     count(x)             n = count(value)
