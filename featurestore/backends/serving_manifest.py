@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dsl.plan import Aggregation, Plan, format_duration
 from featurestore import layout, tiles, windows
+from featurestore.backends import duckdb_sql
+from featurestore.backends.sql_dialect import Unsupported
 from featurestore.manifest import FeatureSpec, Manifest, ViewSpec
 
 
@@ -61,9 +63,8 @@ def redis_layout(plan: Plan, project: str) -> str:
 def _codec(v) -> layout.TileCodec | None:
     """The view's tile codec; None when an aggregation has no tile state."""
     try:
-        return layout.tile_codec([tiles.aggregation(a.function, a.arg.type if a.arg else None)
-                                  for a in (v.aggregations[k] for k in v.state_owners())])
-    except ValueError:
+        return duckdb_sql.tile_codec(v)
+    except Unsupported:
         return None
 
 
