@@ -467,11 +467,18 @@ class TileCodec:
 
     # -------------------------------------------------------------- many tiles
     def pack(self, words: Sequence, nulls: Sequence) -> list[bytes] | None:
-        """Binary values of n tiles from their words: `words[w]` an int64 (or
-        float64, for an "f" word) array of n, `nulls[w]` a bool array of n
-        (or None: no nulls). None when the view's tiles are not binary."""
+        """Binary values of n tiles from their words (as `records` takes
+        them). None when the view's tiles are not binary."""
         if not self.fixed:
             return None
+        data = self.records(words, nulls).tobytes()
+        size = self.size
+        return [data[at:at + size] for at in range(0, len(data), size)]
+
+    def records(self, words: Sequence, nulls: Sequence) -> np.ndarray:
+        """The binary values of n tiles as an array of `dtype` records:
+        `words[w]` an int64 (or float64, for an "f" word) array of n,
+        `nulls[w]` a bool array of n (or None: no nulls); a null word is 0."""
         n = len(words[0]) if words else 0
         out = np.zeros(n, self.dtype)
         out["tag"] = BINARY_TAG
@@ -486,9 +493,7 @@ class TileCodec:
                 mask |= null.astype(np.uint64) << np.uint64(k)
             out["words"][:, k] = word
         out["nulls"] = mask
-        data = out.tobytes()
-        size = self.size
-        return [data[at:at + size] for at in range(0, len(data), size)]
+        return out
 
     def encode_columns(self, columns: Sequence[Sequence[object]]) -> list[bytes]:
         """The values of many tiles from their state columns (one list per

@@ -260,18 +260,15 @@ def _bulk_values(codec: layout.TileCodec, words: list[pa.Array]) -> pa.Array:
     head = b"$%d\r\n" % codec.size
     out = np.zeros(n, [("head", f"S{len(head)}"), ("value", codec.dtype), ("end", "S2")])
     out["head"], out["end"] = head, b"\r\n"
-    value = out["value"]
-    value["tag"] = layout.BINARY_TAG
-    nulls = np.zeros(n, np.uint64)
-    for k, (kind, word) in enumerate(zip(codec.words, words, strict=True)):
+    columns, nulls = [], []
+    for kind, word in zip(codec.words, words, strict=True):
         data = word.fill_null(0).to_numpy()
         if kind == "f":
             # every NaN as float("nan") is: a NaN's sign and payload are no value
-            data = np.where(np.isnan(data), np.nan, data).view(np.int64)
-        if word.null_count:
-            nulls |= word.is_null().to_numpy(zero_copy_only=False).astype(np.uint64) << np.uint64(k)
-        value["words"][:, k] = data
-    value["nulls"] = nulls
+            data = np.where(np.isnan(data), np.nan, data)
+        columns.append(data)
+        nulls.append(word.is_null().to_numpy(zero_copy_only=False) if word.null_count else None)
+    out["value"] = codec.records(columns, nulls)
     size = out.dtype.itemsize
     return pa.Array.from_buffers(pa.large_binary(), n, [
         None, pa.py_buffer(np.arange(0, (n + 1) * size, size, dtype=np.int64)), pa.py_buffer(out)])
