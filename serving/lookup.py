@@ -666,7 +666,8 @@ def _merge_words(lookup: ViewLookup, codec: layout.TileCodec, unpacked, states_o
             newest = len(members) - 1 - np.argmax(seen[:, ::-1], axis=1)
             merged.newest = starts[np.asarray(members)[newest]]
         at = offsets[f.index]
-        column = _finalize(f.spec.function, states_of[j], codec, merged, at)
+        column = _finalize(f.spec.function, states_of[j], codec.words[at:offsets[f.index + 1]],
+                           merged, at)
         rows = merged.any
         values[rows, j] = column[rows]
         latest[rows, j] = merged.newest[rows]
@@ -726,11 +727,11 @@ class _MergedWords:
         return chosen
 
 
-def _finalize(function: str, agg: tiles.Aggregation, codec: layout.TileCodec,
+def _finalize(function: str, agg: tiles.Aggregation, kinds: Sequence[str],
               merged: _MergedWords, at: int) -> np.ndarray:
     """The values (an object array, None for null) of one aggregation whose
-    state's words start at `at`, from the merged words of its window."""
-    kinds = codec.words[at:at + sum(map(len, codec.slots[_slot_of(codec, at)]))]
+    state's words (of `kinds`) start at `at`, from the merged words of its
+    window."""
     floating = agg.input_type == "float64"
     if function == "count":
         n, _ = merged.get(at)
@@ -770,15 +771,6 @@ def _finalize(function: str, agg: tiles.Aggregation, codec: layout.TileCodec,
                                                                             columns[3])],
                                              *columns[4:])]
     return out
-
-
-def _slot_of(codec: layout.TileCodec, at: int) -> int:
-    offset = 0
-    for slot, columns in enumerate(codec.slots):
-        if offset == at:
-            return slot
-        offset += sum(map(len, columns))
-    raise ValueError(f"no state starts at word {at}")
 
 
 def _merge_fields(lookup: ViewLookup, replies, states_of, among: list[int]):
